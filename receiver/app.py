@@ -1,0 +1,165 @@
+"""The app factory: builds every component once from settings, and starts them in the lifespan.
+
+Nothing is created at import time; ``create_app(settings)`` chooses the implementations
+(Kafka or file sink, Redis or memory dedupe, static map and/or terapi) and the lifespan starts
+and stops them in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from receiver.connections import ConnectionResolver, ConnectionSource, StaticConnectionMap
+from receiver.dedupe import DedupeStore, MemoryDedupeStore
+from receiver.metrics import Metrics
+from receiver.middleware import RequestContextMiddleware
+from receiver.outbound import OutboundMessageParser
+from receiver.pipeline import Pipeline
+from receiver.quarantine import Quarantine
+from receiver.settings import Settings
+from receiver.sink import Sink, build_sink
+from receiver.webhooks import WebhookEndpoints
+from receiver.wsdl import WsdlRegistry
+
+logger = logging.getLogger("receiver.app")
+
+#: A claim outlives the publish timeout a little, so a crashed claimant cannot block an event.
+CLAIM_MARGIN_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a request needs, built once per app."""
+
+    settings: Settings
+    metrics: Metrics
+    sink: Sink
+    dedupe: DedupeStore
+    connections: ConnectionResolver
+    pipeline: Pipeline
+    quarantine: Quarantine
+    outbound_parser: OutboundMessageParser
+
+
+def build_dedupe(settings: Settings) -> DedupeStore:
+    claim_ttl_s = settings.publish_timeout_s + CLAIM_MARGIN_S
+    if settings.redis_url is not None:
+        from receiver.redis_dedupe import RedisDedupeStore
+
+        return RedisDedupeStore(
+            settings.redis_url.get_secret_value(), claim_ttl_s=claim_ttl_s, commit_ttl_s=settings.dedupe_ttl_s
+        )
+    return MemoryDedupeStore(
+        claim_ttl_s=claim_ttl_s, commit_ttl_s=settings.dedupe_ttl_s, max_entries=settings.dedupe_max_entries
+    )
+
+
+def build_connections(settings: Settings, metrics: Metrics) -> ConnectionResolver:
+    sources: list[ConnectionSource] = [StaticConnectionMap.load(settings.org_map_file)]
+    if settings.terapi_secret_key is not None:
+        from receiver.terapi import TerapiConnectionSource
+
+        sources.append(TerapiConnectionSource(settings, metrics.registry))
+    return ConnectionResolver(sources)
+
+
+def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+    """Every component, not yet started; raises ``ConfigurationError`` for unusable settings."""
+    metrics = metrics or Metrics()
+    sink = build_sink(settings, metrics)
+    dedupe = build_dedupe(settings)
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        sink=sink,
+        dedupe=dedupe,
+        connections=build_connections(settings, metrics),
+        pipeline=Pipeline(sink, dedupe, metrics, max_events_in_flight=settings.max_events_in_flight),
+        quarantine=Quarantine(sink, metrics),
+        outbound_parser=OutboundMessageParser(
+            WsdlRegistry.load(settings.wsdl_dir),
+            max_depth=settings.max_xml_depth,
+            max_elements=settings.max_xml_elements,
+        ),
+    )
+
+
+@asynccontextmanager
+async def started(services: Services) -> AsyncIterator[Services]:
+    """Start the components in dependency order and stop them in reverse, even on failure."""
+    await services.sink.start()
+    try:
+        await services.dedupe.start()
+        try:
+            await services.connections.start()
+            try:
+                yield services
+            finally:
+                await services.connections.stop()
+        finally:
+            await services.dedupe.stop()
+    finally:
+        # Last: whatever was accepted is flushed before the process exits.
+        await services.sink.stop()
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
+    services = build_services(settings, metrics)
+    endpoints = WebhookEndpoints(services)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        sink_ready = await services.sink.is_ready()
+        connections_ready = services.connections.ready
+        ready = sink_ready and connections_ready
+        body = {
+            "status": "ready" if ready else "not ready",
+            "sink": "kafka" if settings.uses_kafka else "file",
+            "sink_ready": sink_ready,
+            "connections_ready": connections_ready,
+            "connections": services.connections.describe(),
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with started(services):
+            logger.info(
+                "receiver started",
+                extra={"sink": "kafka" if settings.uses_kafka else "file", "integrations": settings.integrations},
+            )
+            yield
+        logger.info("receiver stopped")
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *endpoints.routes(),
+    ]
+    middleware = [
+        Middleware(
+            RequestContextMiddleware,
+            max_requests_in_flight=settings.max_requests_in_flight,
+            metrics=services.metrics,
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.services = services
+    return app

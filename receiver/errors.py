@@ -1,0 +1,111 @@
+"""One exception root for everything the receiver refuses or fails to do.
+
+Each error knows its HTTP status, its SOAP fault code (``Client`` when the sender is at
+fault, ``Server`` when we are) and whether the sender should retry. One place, ``responses``,
+turns them into SOAP Faults or problem+json bodies.
+"""
+
+from __future__ import annotations
+
+
+class ReceiverError(Exception):
+    """Root of the receiver's errors; ``reason`` is a short stable slug used in metrics."""
+
+    status: int = 500
+    reason: str = "internal_error"
+    sender_at_fault: bool = False
+    retryable: bool = True
+    retry_after_s: int | None = None
+
+    def __init__(self, detail: str, *, reason: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def soap_fault_code(self) -> str:
+        return "soapenv:Client" if self.sender_at_fault else "soapenv:Server"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, reason={self.reason!r}, detail={self.detail!r})"
+
+
+class ClientError(ReceiverError):
+    """The request itself is wrong: resending it unchanged will not help."""
+
+    sender_at_fault = True
+    retryable = False
+
+
+class InvalidMessage(ClientError):
+    status = 400
+    reason = "invalid_message"
+
+
+class Unauthenticated(ClientError):
+    status = 401
+    reason = "unauthenticated"
+
+
+class Forbidden(ClientError):
+    status = 403
+    reason = "forbidden"
+
+
+class UnknownOrg(Forbidden):
+    reason = "unknown_org"
+
+
+class UnknownIntegration(ClientError):
+    status = 404
+    reason = "unknown_integration"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    reason = "payload_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class Overloaded(ReceiverError):
+    """Too much work in flight; the sender should come back later."""
+
+    status = 503
+    reason = "overloaded"
+    sender_at_fault = False
+    retryable = True
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.retry_after_s = retry_after_s
+
+
+class PublishFailed(ReceiverError):
+    """The sink did not confirm every event; nothing may be acknowledged."""
+
+    status = 503
+    reason = "publish_failed"
+
+
+class PublishTimeout(PublishFailed):
+    reason = "publish_timeout"
+
+
+class DuplicateInFlight(ReceiverError):
+    """Another copy of the same event is being published right now; retry shortly."""
+
+    status = 503
+    reason = "duplicate_in_flight"
+    retry_after_s = 1
+
+
+class ConfigurationError(ReceiverError):
+    """A setting or configuration file is unusable; raised at start-up only."""
+
+    reason = "configuration_error"
+    retryable = False

@@ -1,0 +1,63 @@
+"""Salesforce record ids: 15-character case-sensitive ids and their 18-character form.
+
+The 18-character form appends a 3-character checksum that encodes the case of the first 15
+characters, so that case-insensitive systems can tell ids apart. For each 5-character chunk,
+bit j is set when character j is an upper-case letter; the 5-bit value indexes ``_SUFFIX``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from receiver.errors import InvalidMessage
+
+_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_ID_PATTERN = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
+ORG_ID_PREFIX = "00D"
+
+
+def checksum(id15: str) -> str:
+    """The 3-character case checksum of a 15-character id."""
+    suffix = []
+    for start in (0, 5, 10):
+        bits = 0
+        for offset, char in enumerate(id15[start : start + 5]):
+            if "A" <= char <= "Z":
+                bits |= 1 << offset
+        suffix.append(_SUFFIX[bits])
+    return "".join(suffix)
+
+
+def normalize_id(value: str, *, what: str = "id") -> str:
+    """Return the 18-character form of a 15- or 18-character Salesforce id.
+
+    Raises ``InvalidMessage`` when the value is not 15 or 18 alphanumerics, or when an
+    18-character id's checksum does not match its first 15 characters.
+    """
+    candidate = value.strip()
+    if _ID_PATTERN.fullmatch(candidate) is None:
+        raise InvalidMessage(f"{what} is not a 15- or 18-character Salesforce id", reason="invalid_id")
+    expected = checksum(candidate[:15])
+    if len(candidate) == 18:
+        # Some tools upper-case the suffix; the checksum letters themselves are case-free.
+        if candidate[15:].upper() != expected:
+            raise InvalidMessage(f"{what} has a wrong 18-character checksum", reason="invalid_id")
+        return candidate[:15] + expected
+    return candidate + expected
+
+
+def normalize_org_id(value: str) -> str:
+    """Return the 18-character org id; raises ``InvalidMessage`` unless it starts ``00D``."""
+    org_id = normalize_id(value, what="organization id")
+    if not org_id.startswith(ORG_ID_PREFIX):
+        raise InvalidMessage("organization id does not start with 00D", reason="invalid_org_id")
+    return org_id
+
+
+def is_valid_id(value: str) -> bool:
+    """True when ``value`` is a well-formed 15- or 18-character id with a correct checksum."""
+    try:
+        normalize_id(value)
+    except InvalidMessage:
+        return False
+    return True

@@ -1,0 +1,185 @@
+"""The Kafka sink: CloudEvents in binary content mode through an idempotent aiokafka producer.
+
+``acks=all`` with idempotence, and every send awaited under ``RECEIVER_PUBLISH_TIMEOUT_S``: an
+event counts as published only when the broker confirmed it. Concurrent requests share produce
+batches through ``linger_ms``; each request still awaits its own records.
+
+aiokafka producers can wedge after a broker blip (idempotent sequence errors, stale leaders:
+aio-libs/aiokafka#1017, #1018). Rather than trusting one producer forever, the sink throws a
+producer away after a fault and builds a fresh one, and keeps trying in the background while
+the broker is down: the process stays up and recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from receiver.errors import PublishFailed, PublishTimeout
+from receiver.event import CloudEvent
+from receiver.metrics import Metrics
+from receiver.settings import Settings
+from receiver.sink import TopicRouter
+
+logger = logging.getLogger("receiver.kafka")
+
+#: After a fault, wait this long before building a new producer, so a broker that is down is
+#: not hammered with connection attempts.
+_RECONNECT_BACKOFF_S = 1.0
+_READY_PROBE_TIMEOUT_S = 2.0
+
+
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """The aiokafka client options shared by the producer, the admin client and consumers."""
+    assert settings.kafka_bootstrap_servers is not None
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+        "client_id": "salesforce-event-receiver",
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+    if settings.kafka_sasl_mechanism is not None:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+class KafkaSink:
+    def __init__(self, settings: Settings, metrics: Metrics, router: TopicRouter) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.router = router
+        self._timeout_s = settings.publish_timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._last_fault = 0.0
+        self._stopped = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **producer_options(self.settings),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.settings.kafka_linger_ms,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=int(self._timeout_s * 1000),
+            retry_backoff_ms=100,
+        )
+
+    async def start(self) -> None:
+        self._stopped = False
+        try:
+            await self._connect()
+        except KafkaError as exc:
+            logger.warning("kafka not reachable at start-up; retrying in the background", extra={"error": repr(exc)})
+            self._reconnect_later()
+
+    async def _connect(self) -> None:
+        producer = self._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), self._timeout_s)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            await producer.stop()
+            raise KafkaError(f"producer start failed: {exc!r}") from exc
+        old, self._producer = self._producer, producer
+        if old is not None:
+            # Records still in the old producer fail; their requests get a 5xx and are resent.
+            asyncio.create_task(old.stop())  # noqa: RUF006 - fire and forget; stop() is idempotent
+        logger.info("kafka producer connected", extra={"bootstrap_servers": self.settings.kafka_bootstrap_servers})
+
+    def _reconnect_later(self) -> None:
+        if self._stopped or (self._connecting is not None and not self._connecting.done()):
+            return
+        self._connecting = asyncio.create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(_RECONNECT_BACKOFF_S)
+            try:
+                await self._connect()
+            except KafkaError as exc:
+                logger.info("kafka still unreachable", extra={"error": repr(exc)})
+                continue
+            self.metrics.sink_recreated.inc()
+            return
+
+    def _on_fault(self) -> None:
+        now = time.monotonic()
+        if now - self._last_fault < _RECONNECT_BACKOFF_S:
+            return
+        self._last_fault = now
+        self._reconnect_later()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+            self._connecting = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # stop() flushes what is buffered before closing.
+            await producer.stop()
+
+    async def publish(self, events: Sequence[CloudEvent]) -> None:
+        producer = self._producer
+        if producer is None:
+            self._reconnect_later()
+            raise PublishFailed("kafka is not connected")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                futures = []
+                for event in events:
+                    value = orjson.dumps(event.data)
+                    key = event.key.encode()
+                    headers = event.kafka_headers()
+                    for topic in self.router(event):
+                        futures.append(await producer.send(topic, value, key=key, headers=headers))
+                await asyncio.gather(*futures)
+        except TimeoutError as exc:
+            self._on_fault()
+            raise PublishTimeout(f"kafka did not confirm within {self._timeout_s} s") from exc
+        except KafkaError as exc:
+            self._on_fault()
+            raise PublishFailed(f"kafka refused the events: {type(exc).__name__}") from exc
+
+    async def _send_one(self, topic: str, value: bytes, key: bytes | None) -> None:
+        producer = self._producer
+        if producer is None:
+            raise PublishFailed("kafka is not connected")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await (await producer.send(topic, value, key=key))
+        except (TimeoutError, KafkaError) as exc:
+            raise PublishFailed(f"kafka did not take the record for {topic}") from exc
+
+    async def quarantine(self, record: dict[str, Any]) -> None:
+        key = str(record.get("organization_id") or "").encode() or None
+        await self._send_one(self.settings.kafka_quarantine_topic, orjson.dumps(record), key)
+
+    async def record_raw(self, line: bytes) -> None:
+        await self._send_one(self.settings.kafka_raw_topic, line, None)
+
+    async def is_ready(self) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            async with asyncio.timeout(_READY_PROBE_TIMEOUT_S):
+                metadata = await producer.client.fetch_all_metadata()
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        return bool(metadata.brokers())

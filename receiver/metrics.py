@@ -1,0 +1,90 @@
+"""Prometheus metrics of the request path, in a registry owned by one app.
+
+A registry per app (not the process-global one) so that tests and replay can build several
+pipelines in one process. Components with metrics of their own register them in the same
+registry, passed to them by the app factory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    messages_received: Counter = field(init=False)
+    notifications_received: Counter = field(init=False)
+    events_published: Counter = field(init=False)
+    duplicates: Counter = field(init=False)
+    rejected: Counter = field(init=False)
+    publish_latency: Histogram = field(init=False)
+    request_latency: Histogram = field(init=False)
+    quarantined: Counter = field(init=False)
+    quarantine_dropped: Counter = field(init=False)
+    in_flight_requests: Gauge = field(init=False)
+    in_flight_events: Gauge = field(init=False)
+    dedupe_unavailable: Counter = field(init=False)
+    recording_failures: Counter = field(init=False)
+    sink_recreated: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        registry = self.registry
+
+        def set_metric(name: str, metric: object) -> None:
+            object.__setattr__(self, name, metric)
+
+        set_metric(
+            "messages_received",
+            Counter("receiver_messages_received", "Requests received, by endpoint kind", ["kind", "integration"], registry=registry),
+        )
+        set_metric(
+            "notifications_received",
+            Counter("receiver_notifications_received", "Notifications and events parsed from requests", ["kind"], registry=registry),
+        )
+        set_metric(
+            "events_published",
+            Counter("receiver_events_published", "Events the sink confirmed", ["kind"], registry=registry),
+        )
+        set_metric(
+            "duplicates",
+            Counter("receiver_duplicates", "Events not published again because they already were", ["kind"], registry=registry),
+        )
+        set_metric(
+            "rejected",
+            Counter("receiver_requests_rejected", "Requests answered with an error, by reason", ["kind", "status", "reason"], registry=registry),
+        )
+        set_metric(
+            "publish_latency",
+            Histogram("receiver_publish_seconds", "Time to publish all events of one request", buckets=_LATENCY_BUCKETS, registry=registry),
+        )
+        set_metric(
+            "request_latency",
+            Histogram("receiver_request_seconds", "Time to answer a webhook request", ["kind"], buckets=_LATENCY_BUCKETS, registry=registry),
+        )
+        set_metric(
+            "quarantined",
+            Counter("receiver_quarantined", "Authenticated payloads sent to quarantine, by reason", ["reason"], registry=registry),
+        )
+        set_metric(
+            "quarantine_dropped",
+            Counter("receiver_quarantine_dropped", "Payloads not quarantined because of the rate or size bound", ["reason"], registry=registry),
+        )
+        set_metric("in_flight_requests", Gauge("receiver_in_flight_requests", "Webhook requests being processed", registry=registry))
+        set_metric("in_flight_events", Gauge("receiver_in_flight_events", "Events being published", registry=registry))
+        set_metric(
+            "dedupe_unavailable",
+            Counter("receiver_dedupe_unavailable", "Events accepted without dedupe because the store failed", registry=registry),
+        )
+        set_metric(
+            "recording_failures",
+            Counter("receiver_recording_failures", "Requests that could not be recorded", registry=registry),
+        )
+        set_metric(
+            "sink_recreated",
+            Counter("receiver_sink_recreated", "Kafka producers thrown away and built again after a fault", registry=registry),
+        )

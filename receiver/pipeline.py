@@ -1,0 +1,113 @@
+"""Dedupe claim -> publish -> dedupe commit: the delivery step shared by every endpoint and replay.
+
+The guarantee lives here: ``deliver`` returns only when every event is stored or known to be a
+duplicate, and raises otherwise, so no caller can acknowledge an event that was not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from receiver.dedupe import Claim, DedupeStore, DedupeUnavailable
+from receiver.errors import DuplicateInFlight, Overloaded, PublishFailed
+from receiver.event import CloudEvent
+from receiver.metrics import Metrics
+from receiver.sink import Sink
+
+logger = logging.getLogger("receiver.pipeline")
+
+_UNAVAILABLE_LOG_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    accepted: int
+    duplicates: int
+
+
+class Pipeline:
+    def __init__(self, sink: Sink, dedupe: DedupeStore, metrics: Metrics, *, max_events_in_flight: int) -> None:
+        self.sink = sink
+        self.dedupe = dedupe
+        self.metrics = metrics
+        self.max_events_in_flight = max_events_in_flight
+        self._events_in_flight = 0
+        self._last_unavailable_log = -_UNAVAILABLE_LOG_INTERVAL_S
+
+    async def deliver(self, events: Sequence[CloudEvent]) -> Delivery:
+        """Publish the events not yet published.
+
+        Raises ``Overloaded`` past the in-flight bound, ``DuplicateInFlight`` when another copy
+        of one of them is being published right now, ``PublishFailed`` when the sink failed.
+        """
+        unique = list({event.dedupe_key: event for event in events}.values())
+        count = len(unique)
+        if self._events_in_flight + count > self.max_events_in_flight and self._events_in_flight > 0:
+            raise Overloaded(f"more than {self.max_events_in_flight} events in flight", retry_after_s=1)
+        self._events_in_flight += count
+        self.metrics.in_flight_events.inc(count)
+        try:
+            return await self._deliver(unique, duplicate_copies=len(events) - count)
+        finally:
+            self._events_in_flight -= count
+            self.metrics.in_flight_events.dec(count)
+
+    async def _deliver(self, events: list[CloudEvent], duplicate_copies: int) -> Delivery:
+        keys = [event.dedupe_key for event in events]
+        deduped = True
+        try:
+            claims = await self.dedupe.claim(keys)
+        except DedupeUnavailable as exc:
+            # Accepting without dedupe can publish a resend twice; refusing would lose nothing but
+            # stop the whole flow. Consumers dedupe by ce_source + ce_id, so duplicates are safe.
+            deduped = False
+            claims = [Claim.NEW] * len(keys)
+            self.metrics.dedupe_unavailable.inc(len(keys))
+            self._log_unavailable(exc)
+        fresh = [event for event, claim in zip(events, claims, strict=True) if claim is Claim.NEW]
+        fresh_keys = [event.dedupe_key for event in fresh]
+        if Claim.IN_FLIGHT in claims:
+            await self._release(fresh_keys, deduped)
+            raise DuplicateInFlight("a copy of this event is being published; retry shortly")
+        if fresh:
+            started = time.perf_counter()
+            try:
+                await self.sink.publish(fresh)
+            except PublishFailed:
+                await self._release(fresh_keys, deduped)
+                raise
+            self.metrics.publish_latency.observe(time.perf_counter() - started)
+            if deduped:
+                await self._commit(fresh_keys)
+            for event in fresh:
+                self.metrics.events_published.labels(event.kind).inc()
+        duplicates = len(events) - len(fresh) + duplicate_copies
+        if duplicates and events:
+            self.metrics.duplicates.labels(events[0].kind).inc(duplicates)
+        return Delivery(accepted=len(fresh), duplicates=duplicates)
+
+    async def _commit(self, keys: list[str]) -> None:
+        try:
+            await self.dedupe.commit(keys)
+        except DedupeUnavailable as exc:
+            # The events are stored; only a later resend may be published twice.
+            self.metrics.dedupe_unavailable.inc(len(keys))
+            self._log_unavailable(exc)
+
+    async def _release(self, keys: list[str], deduped: bool) -> None:
+        if not keys or not deduped:
+            return
+        try:
+            await self.dedupe.release(keys)
+        except DedupeUnavailable as exc:
+            # The claim expires on its own shortly after the publish timeout.
+            self._log_unavailable(exc)
+
+    def _log_unavailable(self, exc: DedupeUnavailable) -> None:
+        now = time.monotonic()
+        if now - self._last_unavailable_log >= _UNAVAILABLE_LOG_INTERVAL_S:
+            self._last_unavailable_log = now
+            logger.warning("dedupe store unavailable; accepting without dedupe", extra={"error": str(exc)})

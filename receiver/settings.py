@@ -1,0 +1,158 @@
+"""All configuration: one pydantic-settings class, read from ``RECEIVER_*`` and a TOML file.
+
+Built once at start-up (``load_settings``) and passed down as an argument; nothing else reads
+the environment. The environment wins over the TOML file, which wins over the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from receiver.errors import ConfigurationError
+
+ENV_PREFIX = "RECEIVER_"
+#: Salesforce waits 60 s for an answer; the publish bound must stay well below it.
+SALESFORCE_TIMEOUT_S = 60
+#: Salesforce retries an unacknowledged message for 24 h; dedupe must outlive that window.
+DEDUPE_MINIMUM_TTL_S = 25 * 3600
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; environment names are ``RECEIVER_`` + the upper-case name."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "salesforce.events"
+    kafka_quarantine_topic: str = "salesforce.quarantine"
+    kafka_raw_topic: str = "salesforce.raw"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    #: Lets concurrent requests share one produce batch; the Ack still waits for the broker.
+    kafka_linger_ms: int = Field(default=2, ge=0, le=1000)
+    kafka_create_topics: bool = False
+    kafka_partitions: int = Field(default=3, ge=1)
+
+    data_dir: Path = Path("./var")
+    org_map_file: Path | None = None
+    wsdl_dir: Path = Path("schemas/outbound")
+    integrations: CommaList = ["salesforce", "salesforce-sandbox"]
+
+    terapi_base_url: str = "https://api.terapi.dev"
+    terapi_secret_key: SecretStr | None = None
+    terapi_legacy_paths: bool = False
+    terapi_refresh_interval_s: float = Field(default=300.0, gt=0)
+    terapi_unknown_org_refresh_interval_s: float = Field(default=30.0, gt=0)
+    terapi_timeout_s: float = Field(default=10.0, gt=0)
+    terapi_webhook_secret: SecretStr | None = None
+
+    outbound_token: SecretStr | None = None
+    event_secrets: Annotated[list[SecretStr], NoDecode] = []
+    #: Per-org ``whsec_`` secrets, from the TOML file: ``[event_secrets_by_org] "00D..." = [...]``.
+    event_secrets_by_org: dict[str, list[SecretStr]] = {}
+    event_timestamp_tolerance_s: int = Field(default=300, ge=1)
+
+    redis_url: SecretStr | None = None
+    dedupe_ttl_s: int = Field(default=DEDUPE_MINIMUM_TTL_S, ge=DEDUPE_MINIMUM_TTL_S)
+    dedupe_max_entries: int = Field(default=1_000_000, ge=1)
+
+    allowed_cidrs: CommaList = []
+    trusted_proxies: CommaList = []
+    max_body_bytes: int = Field(default=5_242_880, ge=1024)
+    max_xml_depth: int = Field(default=100, ge=8)
+    max_xml_elements: int = Field(default=50_000, ge=100)
+    max_json_depth: int = Field(default=64, ge=4)
+    max_events_per_request: int = Field(default=1000, ge=1)
+    max_requests_in_flight: int = Field(default=1000, ge=1)
+    max_events_in_flight: int = Field(default=20_000, ge=100)
+    publish_timeout_s: float = Field(default=20.0, gt=0, lt=SALESFORCE_TIMEOUT_S)
+    shutdown_timeout_s: float = Field(default=25.0, gt=0)
+
+    recording_enabled: bool = True
+    recording_max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    recording_retention_days: int = Field(default=14, ge=1)
+
+    @field_validator("integrations", "allowed_cidrs", "trusted_proxies", "event_secrets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @property
+    def uses_kafka(self) -> bool:
+        return self.kafka_bootstrap_servers is not None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
+        return sources
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the environment, ``config_file`` (TOML) and ``overrides``.
+
+    Raises ``ConfigurationError`` with one line naming the first bad setting and its value
+    (secrets are never echoed).
+    """
+    settings_cls: type[Settings] = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigurationError(f"configuration file {str(config_file)!r} does not exist")
+
+        class _FromFile(Settings):
+            model_config = SettingsConfigDict(toml_file=config_file)
+
+        settings_cls = _FromFile
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from exc
+    except ValueError as exc:  # a TOML syntax error surfaces as a ValueError subclass
+        raise ConfigurationError(f"configuration file {str(config_file)!r} is not valid TOML: {exc}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    setting = ENV_PREFIX + name.split(".")[0].upper()
+    value = error.get("input")
+    shown = "<hidden>" if any(word in name for word in ("secret", "password", "token", "redis_url")) else repr(value)
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {name!r} in the configuration file"
+    return f"setting {setting} has value {shown}: {error['msg']}"
