@@ -1,0 +1,67 @@
+"""The Dockerfile, checked without a Docker engine: its properties, and its install steps for real."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def instructions() -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n", " ", DOCKERFILE)
+    result = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def test_multi_stage_on_a_pinned_slim_python_311() -> None:
+    """Two FROM stages, each a slim Python 3.11 image pinned to a patch version."""
+    bases = [rest for keyword, rest in instructions() if keyword == "FROM"]
+    assert len(bases) >= 2
+    for base in bases:
+        assert re.match(r"python:3\.11\.\d+-slim", base), base
+
+
+def test_runs_as_a_non_root_user() -> None:
+    """The final stage switches to a named non-root user."""
+    users = [rest for keyword, rest in instructions() if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_serves_on_all_interfaces_port_8080_with_a_healthcheck() -> None:
+    """sf-receiver serve on 0.0.0.0:8080, port exposed, HEALTHCHECK probing /healthz."""
+    steps = instructions()
+    assert ("EXPOSE", "8080") in steps
+    entry = " ".join(rest for keyword, rest in steps if keyword in ("ENTRYPOINT", "CMD"))
+    assert "sf-receiver" in entry and "serve" in entry and "0.0.0.0" in entry and "8080" in entry
+    healthchecks = [rest for keyword, rest in steps if keyword == "HEALTHCHECK"]
+    assert healthchecks and "/healthz" in healthchecks[0]
+
+
+@pytest.mark.slow
+def test_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
+    """The build stage's `pip wheel .` and the runtime's wheel install give a working sf-receiver."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
+        check=True, timeout=300,
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    wheel = next(wheels.glob("salesforce_event_receiver-*.whl"))
+    # With its dependencies, as the image installs it: a missing runtime dependency fails here.
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True, timeout=600)
+    result = subprocess.run(
+        [str(venv / "bin" / "sf-receiver"), "--help"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "serve" in result.stdout and "replay" in result.stdout and "tail" in result.stdout
