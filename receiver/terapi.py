@@ -1,0 +1,403 @@
+"""terapi as a ``ConnectionSource``: an in-memory org -> connection index, kept fresh.
+
+The index is loaded at start-up, refreshed on a schedule, and refreshed early when a request
+names an org it does not know, at most once per ``terapi_unknown_org_refresh_interval_s`` and
+single-flight, so that a flood of unknown orgs costs terapi one refresh rather than one call
+each. A refresh lists every connection and reads only the new or changed ones (by a fingerprint
+of the listed fields), because reads are the expensive part: one call per connection.
+
+terapi failing never takes the receiver down: the last good index keeps answering, failures are
+logged once per change of cause, counted, and retried on the schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Final
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from receiver.errors import InvalidMessage
+from receiver.event import Connection
+from receiver.ids import normalize_org_id
+from receiver.settings import Settings
+from receiver.terapi_client import (
+    ConnectionDetails,
+    ListedConnection,
+    TerapiClient,
+    TerapiError,
+    TerapiUnauthorized,
+)
+
+logger = logging.getLogger("receiver.terapi")
+
+#: Reads run side by side, a few at a time, to load many connections quickly without
+#: tripping terapi's rate limit.
+READ_CONCURRENCY: Final = 8
+#: How long a request waits for an unknown-org refresh. With the publish bound (20 s) this stays
+#: well under the 60 s Salesforce waits; a refresh that takes longer still completes behind it.
+UNKNOWN_ORG_WAIT_S: Final = 15.0
+#: Read failures after which the connection's last known org stays indexed: terapi hiccupped,
+#: the connection did not change owner. A 404 or 424 drops the connection instead.
+_TRANSIENT_REASONS: Final = ("terapi_unavailable", "terapi_bad_response", "terapi_rejected")
+NO_ORG_ID: Final = "no_org_id"
+#: Every reason a listed connection can be left out of the index, for the skipped gauge.
+SKIP_REASONS: Final = ("terapi_not_found", "terapi_refresh_exhausted", *_TRANSIENT_REASONS, NO_ORG_ID)
+# Salesforce's identity URL: https://login.salesforce.com/id/<org id>/<user id>
+_IDENTITY_PATH = re.compile(r"/id/(?P<org>[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)/[A-Za-z0-9]{15,18}/?")
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+EntryKey = tuple[str, str]  # (integration, connection id or org id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What the refreshes learned about one listed connection."""
+
+    listed: ListedConnection
+    org_id: str | None
+    #: Why the connection is not indexed, when it is not.
+    skipped: str | None = None
+    #: False when the last read failed, so that the next refresh reads it again.
+    current: bool = True
+    credentials_withheld: bool = False
+
+
+def _org_id_of(details: ConnectionDetails) -> str | None:
+    """The 18-character org id of a connection: from its identity URL, else its metadata.
+
+    The identity URL comes from Salesforce's own token response, so it wins when the two
+    disagree; the metadata is whatever the integrator stored.
+    """
+    from_identity = _org_id_from_identity_url(details.identity_url)
+    from_metadata = _valid_org_id(details.metadata_org_id)
+    if from_identity is not None and from_metadata not in (None, from_identity):
+        logger.warning(
+            "terapi connection's metadata.salesforce_org_id disagrees with its identity URL; using the identity URL",
+            extra={"connection_id": details.connection_id, "integration": details.integration, "org_id": from_identity},
+        )
+    return from_identity or from_metadata
+
+
+def _org_id_from_identity_url(url: str | None) -> str | None:
+    match = _IDENTITY_PATH.fullmatch(urlsplit(url).path) if url else None
+    return _valid_org_id(match["org"]) if match else None
+
+
+def _valid_org_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return normalize_org_id(value)
+    except InvalidMessage:
+        return None
+
+
+def _precedence(entry: _Entry) -> tuple[datetime, str]:
+    """Conflict order: the most recently created connection wins, then the greater id."""
+    return (entry.listed.created or _OLDEST, entry.listed.connection_id)
+
+
+class TerapiConnectionSource:
+    """The org index built from terapi's connections; ``resolve`` never raises.
+
+    It owns its client's lifecycle: ``start()`` opens it and ``stop()`` closes it.
+    Raises ``ConfigurationError`` at construction when no client is given and no secret key is set.
+    """
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry, *, client: TerapiClient | None = None) -> None:
+        self._client = client if client is not None else TerapiClient.from_settings(settings, registry=registry)
+        self._integrations = tuple(settings.integrations)
+        self._refresh_interval_s = settings.terapi_refresh_interval_s
+        self._unknown_org_interval_s = settings.terapi_unknown_org_refresh_interval_s
+        self._entries: dict[EntryKey, _Entry] = {}
+        self._index: dict[EntryKey, Connection] = {}
+        self._conflicts: dict[EntryKey, tuple[str, ...]] = {}
+        self._ready = False
+        self._scheduler: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._last_unknown_org_refresh: float | None = None
+        self._last_success: float | None = None
+        self._last_error: str | None = None
+        self._metrics = _SourceMetrics(registry)
+
+    def __repr__(self) -> str:
+        return f"TerapiConnectionSource(client={self._client!r}, ready={self._ready}, orgs={len(self._index)})"
+
+    @property
+    def ready(self) -> bool:
+        """True once one refresh listed every connection; stays True on later failures."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Run the first load, then keep refreshing in the background; never raises for terapi."""
+        if self._scheduler is not None:
+            return
+        await self._client.start()
+        await self._start_refresh("startup")
+        self._scheduler = asyncio.create_task(self._run_schedule(), name="terapi-refresh-schedule")
+
+    async def stop(self) -> None:
+        """Cancel the background refreshes and close the client; idempotent."""
+        tasks = {task for task in (self._scheduler, self._inflight) if task is not None}
+        self._scheduler = self._inflight = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        await self._client.stop()
+
+    def describe(self) -> dict[str, object]:
+        """The index state for ``/readyz``."""
+        age = None if self._last_success is None else round(time.monotonic() - self._last_success, 1)
+        return {
+            "source": "terapi",
+            "ready": self._ready,
+            "orgs": len(self._index),
+            "connections": len(self._entries),
+            "skipped": sum(1 for entry in self._entries.values() if entry.skipped is not None),
+            "conflicts": len(self._conflicts),
+            "last_success_age_s": age,
+            "last_error": self._last_error,
+        }
+
+    async def resolve(self, org_id: str, integration: str) -> Connection | None:
+        """The connection of ``org_id`` among ``integration``'s connections, or None.
+
+        A miss waits (up to ``UNKNOWN_ORG_WAIT_S``) for a refresh when one is running or allowed.
+        """
+        normalized = _valid_org_id(org_id)
+        key = (integration, normalized or org_id)
+        connection = self._index.get(key)
+        if connection is not None:
+            self._metrics.lookups.labels(result="hit").inc()
+            return connection
+        refresh = None if normalized is None else self._refresh_for_unknown_org(integration)
+        if refresh is not None:
+            # asyncio.wait neither raises the refresh's outcome nor cancels it on timeout: a
+            # request that gives up must not abort the refresh the others are waiting for.
+            await asyncio.wait({refresh}, timeout=UNKNOWN_ORG_WAIT_S)
+            connection = self._index.get(key)
+        self._metrics.lookups.labels(result="miss" if connection is None else "hit_after_refresh").inc()
+        return connection
+
+    def _refresh_for_unknown_org(self, integration: str) -> asyncio.Task[None] | None:
+        if self._scheduler is None or integration not in self._integrations:
+            return None
+        if self._inflight is not None and not self._inflight.done():
+            return self._inflight
+        now = time.monotonic()
+        last = self._last_unknown_org_refresh
+        if last is not None and now - last < self._unknown_org_interval_s:
+            return None
+        self._last_unknown_org_refresh = now
+        return self._start_refresh("unknown_org")
+
+    def _start_refresh(self, trigger: str) -> asyncio.Task[None]:
+        """The running refresh, or a new one: there is never more than one at a time."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.create_task(self._refresh(trigger), name=f"terapi-refresh-{trigger}")
+        return self._inflight
+
+    async def _run_schedule(self) -> None:
+        while True:
+            # Until the first load succeeds, retry at the unknown-org pace: a fixed key or a
+            # recovered terapi should make the receiver ready in seconds, not minutes.
+            if self._ready:
+                delay = self._refresh_interval_s
+            else:
+                delay = min(self._refresh_interval_s, self._unknown_org_interval_s)
+            await asyncio.sleep(delay)
+            await self._start_refresh("schedule")
+
+    async def _refresh(self, trigger: str) -> None:
+        started = time.monotonic()
+        try:
+            listed = await self._client.list_connections(self._integrations)
+            entries, read = await self._read_changed(listed)
+        except TerapiError as exc:
+            self._record_failure(trigger, exc.detail)
+            return
+        except Exception:
+            # A bug here must not end the schedule: the last index keeps answering.
+            logger.exception("terapi refresh failed unexpectedly", extra={"trigger": trigger})
+            self._record_failure(trigger, "unexpected error (see the traceback logged before)")
+            return
+        self._apply(entries)
+        self._metrics.refreshes.labels(trigger=trigger, outcome="ok").inc()
+        self._metrics.last_success.set_to_current_time()
+        if self._last_error is not None:
+            logger.info("terapi answers again", extra={"trigger": trigger})
+        self._ready, self._last_error, self._last_success = True, None, time.monotonic()
+        logger.info(
+            "terapi connections refreshed",
+            extra={
+                "trigger": trigger,
+                "connections": len(entries),
+                "connections_read": read,
+                "orgs": len(self._index),
+                "duration_s": round(time.monotonic() - started, 3),
+            },
+        )
+
+    def _record_failure(self, trigger: str, detail: str) -> None:
+        self._metrics.refreshes.labels(trigger=trigger, outcome="failed").inc()
+        # One line per change of cause: a wrong key retried every 30 s must not flood the log.
+        level = logging.DEBUG if detail == self._last_error else logging.ERROR
+        logger.log(
+            level,
+            "terapi refresh failed: %s",
+            detail,
+            extra={"trigger": trigger, "ready": self._ready, "index_kept": bool(self._index)},
+        )
+        self._last_error = detail
+
+    async def _read_changed(self, listed: list[ListedConnection]) -> tuple[dict[EntryKey, _Entry], int]:
+        """The entries of ``listed``, reading only connections that are new, changed or unread.
+
+        Raises ``TerapiUnauthorized`` when a read is refused: every other read would be too.
+        """
+        entries: dict[EntryKey, _Entry] = {}
+        to_read: list[tuple[ListedConnection, _Entry | None]] = []
+        for item in listed:
+            key = (item.integration, item.connection_id)
+            old = self._entries.get(key)
+            if old is not None and old.current and old.listed.fingerprint == item.fingerprint:
+                entries[key] = old
+            else:
+                to_read.append((item, old))
+        limit = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def read(item: ListedConnection, old: _Entry | None) -> _Entry:
+            async with limit:
+                return await self._read(item, old)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(read(item, old)) for item, old in to_read]
+        except* TerapiUnauthorized as refused:
+            raise refused.exceptions[0] from None
+        fresh = [task.result() for task in tasks]
+        for entry in fresh:
+            entries[(entry.listed.integration, entry.listed.connection_id)] = entry
+        withheld = [entry for entry in fresh if entry.credentials_withheld]
+        if withheld:
+            logger.warning(
+                "terapi returned no credentials (credentials: {}) for %d connection(s): the secret key lacks "
+                "the credentials scope, so their org ids come from metadata.salesforce_org_id",
+                len(withheld),
+                extra={
+                    "connections_without_credentials": len(withheld),
+                    "skipped_without_metadata": sum(1 for entry in withheld if entry.org_id is None),
+                },
+            )
+        return entries, len(to_read)
+
+    async def _read(self, item: ListedConnection, old: _Entry | None) -> _Entry:
+        context = {"connection_id": item.connection_id, "integration": item.integration}
+        try:
+            details = await self._client.get_connection(item.connection_id, item.integration)
+        except TerapiUnauthorized:
+            raise
+        except TerapiError as exc:
+            logger.warning("terapi connection skipped: %s", exc.detail, extra={**context, "skip_reason": exc.reason})
+            if exc.reason in _TRANSIENT_REASONS and old is not None and old.org_id is not None:
+                return replace(old, listed=item, current=False)
+            return _Entry(item, None, skipped=exc.reason, current=False)
+        org_id = _org_id_of(details)
+        if org_id is None:
+            logger.warning(
+                "terapi connection has no org id in credentials.raw.id nor in metadata.salesforce_org_id",
+                extra={**context, "credentials_withheld": details.credentials_withheld},
+            )
+        return _Entry(
+            item,
+            org_id,
+            skipped=NO_ORG_ID if org_id is None else None,
+            credentials_withheld=details.credentials_withheld,
+        )
+
+    def _apply(self, entries: dict[EntryKey, _Entry]) -> None:
+        """Swap in the new index in one assignment, so that lookups never see half of it."""
+        claims: defaultdict[EntryKey, list[_Entry]] = defaultdict(list)
+        for entry in entries.values():
+            if entry.org_id is not None:
+                claims[(entry.listed.integration, entry.org_id)].append(entry)
+        index: dict[EntryKey, Connection] = {}
+        conflicts: dict[EntryKey, tuple[str, ...]] = {}
+        for key, claimants in claims.items():
+            ranked = sorted(claimants, key=_precedence, reverse=True)
+            index[key] = Connection(ranked[0].listed.connection_id, ranked[0].listed.integration)
+            if len(ranked) > 1:
+                conflicts[key] = tuple(entry.listed.connection_id for entry in ranked)
+                if self._conflicts.get(key) != conflicts[key]:
+                    logger.warning(
+                        "several terapi connections claim one org; the most recently created wins",
+                        extra={
+                            "integration": key[0],
+                            "org_id": key[1],
+                            "winner": conflicts[key][0],
+                            "losers": list(conflicts[key][1:]),
+                        },
+                    )
+        self._entries, self._index, self._conflicts = entries, index, conflicts
+        self._metrics.update(self._integrations, entries, index, conflicts)
+
+
+class _SourceMetrics:
+    """The source's metrics; terapi errors by status are counted by the client."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lookups = Counter(
+            "receiver_terapi_lookups",
+            "Org lookups in the terapi index: hit, hit_after_refresh, miss",
+            ["result"],
+            registry=registry,
+        )
+        self.refreshes = Counter(
+            "receiver_terapi_refreshes",
+            "terapi index refreshes by trigger (startup, schedule, unknown_org) and outcome (ok, failed)",
+            ["trigger", "outcome"],
+            registry=registry,
+        )
+        self.index_orgs = Gauge(
+            "receiver_terapi_index_orgs", "Orgs in the terapi index", ["integration"], registry=registry
+        )
+        self.conflicts = Gauge(
+            "receiver_terapi_org_conflicts",
+            "Orgs claimed by more than one terapi connection (the most recently created wins)",
+            ["integration"],
+            registry=registry,
+        )
+        self.skipped = Gauge(
+            "receiver_terapi_skipped_connections",
+            "Listed terapi connections left out of the index, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "receiver_terapi_last_refresh_success_timestamp_seconds",
+            "When the terapi index was last refreshed successfully",
+            registry=registry,
+        )
+
+    def update(
+        self,
+        integrations: tuple[str, ...],
+        entries: dict[EntryKey, _Entry],
+        index: dict[EntryKey, Connection],
+        conflicts: dict[EntryKey, tuple[str, ...]],
+    ) -> None:
+        for integration in integrations:
+            self.index_orgs.labels(integration=integration).set(sum(1 for key in index if key[0] == integration))
+            self.conflicts.labels(integration=integration).set(sum(1 for key in conflicts if key[0] == integration))
+        skipped = [entry.skipped for entry in entries.values()]
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason=reason).set(skipped.count(reason))
