@@ -37,8 +37,11 @@ class Pipeline:
         self._events_in_flight = 0
         self._last_unavailable_log = -_UNAVAILABLE_LOG_INTERVAL_S
 
-    async def deliver(self, events: Sequence[CloudEvent]) -> Delivery:
+    async def deliver(self, events: Sequence[CloudEvent], *, delivery_id: str | None = None) -> Delivery:
         """Publish the events not yet published.
+
+        ``delivery_id`` names the request itself (a Standard Webhooks ``webhook-id``): once a
+        delivery with that id succeeded, a retry of it publishes nothing, whatever it holds.
 
         Raises ``Overloaded`` past the in-flight bound, ``DuplicateInFlight`` when another copy
         of one of them is being published right now, ``PublishFailed`` when the sink failed.
@@ -50,13 +53,15 @@ class Pipeline:
         self._events_in_flight += count
         self.metrics.in_flight_events.inc(count)
         try:
-            return await self._deliver(unique, duplicate_copies=len(events) - count)
+            return await self._deliver(unique, duplicate_copies=len(events) - count, delivery_id=delivery_id)
         finally:
             self._events_in_flight -= count
             self.metrics.in_flight_events.dec(count)
 
-    async def _deliver(self, events: list[CloudEvent], duplicate_copies: int) -> Delivery:
+    async def _deliver(self, events: list[CloudEvent], duplicate_copies: int, delivery_id: str | None) -> Delivery:
         keys = [event.dedupe_key for event in events]
+        if delivery_id is not None:
+            keys.append(f"delivery {delivery_id}")
         deduped = True
         try:
             claims = await self.dedupe.claim(keys)
@@ -67,11 +72,15 @@ class Pipeline:
             claims = [Claim.NEW] * len(keys)
             self.metrics.dedupe_unavailable.inc(len(keys))
             self._log_unavailable(exc)
-        fresh = [event for event, claim in zip(events, claims, strict=True) if claim is Claim.NEW]
-        fresh_keys = [event.dedupe_key for event in fresh]
+        fresh_keys = [key for key, claim in zip(keys, claims, strict=True) if claim is Claim.NEW]
         if Claim.IN_FLIGHT in claims:
             await self._release(fresh_keys, deduped)
             raise DuplicateInFlight("a copy of this event is being published; retry shortly")
+        if delivery_id is not None and claims.pop() is Claim.DUPLICATE:
+            # A retry of a delivery that already succeeded: the sender's retry, not new events.
+            await self._release(fresh_keys, deduped)
+            return self._count(events, fresh=[], duplicate_copies=duplicate_copies)
+        fresh = [event for event, claim in zip(events, claims, strict=True) if claim is Claim.NEW]
         if fresh:
             started = time.perf_counter()
             try:
@@ -80,10 +89,13 @@ class Pipeline:
                 await self._release(fresh_keys, deduped)
                 raise
             self.metrics.publish_latency.observe(time.perf_counter() - started)
-            if deduped:
-                await self._commit(fresh_keys)
             for event in fresh:
                 self.metrics.events_published.labels(event.kind).inc()
+        if deduped:
+            await self._commit(fresh_keys)
+        return self._count(events, fresh, duplicate_copies)
+
+    def _count(self, events: list[CloudEvent], fresh: list[CloudEvent], duplicate_copies: int) -> Delivery:
         duplicates = len(events) - len(fresh) + duplicate_copies
         if duplicates and events:
             self.metrics.duplicates.labels(events[0].kind).inc(duplicates)

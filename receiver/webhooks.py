@@ -117,7 +117,7 @@ class WebhookEndpoints:
             check_content_type(request, JSON_CONTENT_TYPES, what="application/json")
             body = await read_body(request, self.settings.max_body_bytes)
             header_org = request.headers.get("x-salesforce-org-id")
-            signatures.verify_standard_webhook(
+            webhook_id = signatures.verify_standard_webhook(
                 request.headers,
                 body,
                 self._keys_for(header_org),
@@ -132,7 +132,7 @@ class WebhookEndpoints:
                 connection = await self._resolve(org_id, integration, EVENTS, request, body)
                 events.extend(callbacks.to_events(message, org_id, connection, received_at))
             self.metrics.notifications_received.labels(EVENTS).inc(len(events))
-            delivery = await self.services.pipeline.deliver(events)
+            delivery = await self.services.pipeline.deliver(events, delivery_id=f"webhook {integration} {webhook_id}")
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
         return await self._answer(EVENTS, integration, responses.problem, handle)
@@ -168,7 +168,8 @@ class WebhookEndpoints:
             org_id = await self.services.connections.org_of(connection)
             events: list[CloudEvent] = []
             for message in forward.messages:
-                message_org = org_id or callbacks.message_org_id(message, request.headers.get("x-salesforce-org-id"))
+                # The connection's org, when known, must agree with any org the payload names.
+                message_org = callbacks.message_org_id(message, org_id or request.headers.get("x-salesforce-org-id"))
                 if org_id is None:
                     # The connection is not indexed yet: the org must at least be a known one of it.
                     resolved = await self._resolve(message_org, integration, TERAPI, request, body)

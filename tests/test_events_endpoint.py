@@ -1,0 +1,270 @@
+"""POST /webhooks/{integration}/events and /webhooks/terapi on a live server, signatures for real."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from receiver.file_sink import EVENTS_FILE
+from tests.conftest import SettingsFactory, live_receiver
+from tests.event_payloads import (
+    ORG,
+    ROTATED_SECRET,
+    SECRET,
+    TERAPI_SECRET,
+    change_event,
+    sample,
+    signed_headers,
+    terapi_headers,
+)
+from tests.kafka_helpers import read_topic
+
+EVENTS_PATH = "/webhooks/salesforce/events"
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+@pytest.fixture
+def event_settings(make_settings: SettingsFactory) -> SettingsFactory:
+    def build(**overrides: Any) -> Any:
+        return make_settings(**{"event_secrets": SECRET, "terapi_webhook_secret": TERAPI_SECRET, **overrides})
+
+    return build
+
+
+def written(settings: Any) -> list[dict[str, Any]]:
+    path = settings.data_dir / EVENTS_FILE
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def assert_problem(response: httpx.Response, status: int, reason: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["reason"] == reason and problem["detail"]
+
+
+@pytest.mark.kafka
+async def test_platform_event_sample_lands_on_the_broker(kafka_settings: SettingsFactory) -> None:
+    """A signed platform event is accepted and published with EventUuid as ce_id."""
+    settings = kafka_settings(event_secrets=SECRET)
+    body = dumps(sample("platform_event_low_ink.json"))
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body))
+    assert response.status_code == 200 and response.json() == {"accepted": 1, "duplicates": 0}
+    [record] = await read_topic(settings.kafka_bootstrap_servers or "", settings.kafka_topic, expect=1)
+    assert record.header("ce_type") == "com.salesforce.platform_event"
+    assert record.header("ce_id") == "2ec0e371-1395-457f-9275-be1b527a72f7"
+    assert record.header("ce_time") == "2017-04-09T18:31:40.517Z"
+    assert record.key == f"{ORG}:/event/Low_Ink__e".encode()
+    data = orjson.loads(record.value)
+    assert data["platform_event"]["replay_id"] == 2
+    assert data["fields"]["Ink_Percentage__c"] == 0.2
+
+
+@pytest.mark.kafka
+async def test_cdc_with_several_records_is_one_event_each_on_the_broker(kafka_settings: SettingsFactory) -> None:
+    """A CDC event naming three records becomes three events keyed by record, exact commitNumber."""
+    settings = kafka_settings(event_secrets=SECRET)
+    records_ids = ["001xx000003DGb4AAG", "001xx000003DGb5AAG", "001xx000003DGb6AAG"]
+    body = dumps(change_event(records_ids, Name="Acme", BillingAddress={"City": "Paris"}))
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body))
+    assert response.json() == {"accepted": 3, "duplicates": 0}
+    records = await read_topic(settings.kafka_bootstrap_servers or "", settings.kafka_topic, expect=3)
+    assert sorted(r.header("ce_subject") for r in records) == records_ids
+    for record in records:
+        assert record.key == f"{ORG}:{record.header('ce_subject')}".encode()
+        data = orjson.loads(record.value)
+        assert data["change_event"]["commit_number"] == 1745500706683617281
+        assert b"1745500706683617281" in record.value
+        assert data["fields"]["BillingAddress"] == {"City": "Paris"}
+        assert record.header("ce_time") == "2025-04-24T13:18:26.000Z"
+
+
+async def test_rotated_secret_is_accepted(event_settings: SettingsFactory) -> None:
+    """With two secrets configured, a body signed with the second one is accepted."""
+    settings = event_settings(event_secrets=f"{SECRET},{ROTATED_SECRET}")
+    body = dumps(sample("platform_event_low_ink.json"))
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body, secret=ROTATED_SECRET))
+    assert response.status_code == 200
+
+
+async def test_per_org_secret_from_the_configuration(event_settings: SettingsFactory) -> None:
+    """A secret configured for one org only verifies that org's requests."""
+    settings = event_settings(event_secrets="", event_secrets_by_org={ORG: [ROTATED_SECRET]})
+    body = dumps(sample("platform_event_low_ink.json"))
+    async with live_receiver(settings) as client:
+        ok = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body, secret=ROTATED_SECRET))
+        other_org = signed_headers(body, secret=ROTATED_SECRET, org="00DD0000000muCUMAY")
+        refused = await client.post(EVENTS_PATH, content=body, headers=other_org)
+    assert ok.status_code == 200
+    assert_problem(refused, 401, "bad_signature")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda body, h: h.update({"webhook-signature": signed_headers(body, secret=ROTATED_SECRET)["webhook-signature"]}), "bad_signature"),
+        (lambda body, h: h.update(signed_headers(body, timestamp=int(time.time()) - 3600)), "stale_timestamp"),
+        (lambda body, h: h.update(signed_headers(body, timestamp=int(time.time()) + 3600)), "future_timestamp"),
+        (lambda body, h: h.pop("webhook-signature"), "missing_signature_headers"),
+        (lambda body, h: h.pop("webhook-id"), "missing_signature_headers"),
+    ],
+    ids=["wrong_secret", "stale", "future", "no_signature", "no_id"],
+)
+async def test_authentication_failures_are_401_problems(event_settings: SettingsFactory, mutate: Any, reason: str) -> None:
+    """Wrong secret, stale or future timestamp, missing headers: 401 problem+json, nothing written."""
+    settings = event_settings()
+    body = dumps(sample("platform_event_low_ink.json"))
+    headers = signed_headers(body)
+    mutate(body, headers)
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=headers)
+    assert_problem(response, 401, reason)
+    assert written(settings) == []
+
+
+async def test_tampered_body_is_refused(event_settings: SettingsFactory) -> None:
+    """A body changed after signing fails verification."""
+    settings = event_settings()
+    body = dumps(sample("platform_event_low_ink.json"))
+    headers = signed_headers(body)
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body.replace(b"XZO-5", b"XZO-6"), headers=headers)
+    assert_problem(response, 401, "bad_signature")
+
+
+async def test_resent_webhook_id_is_a_duplicate(event_settings: SettingsFactory) -> None:
+    """The same webhook-id sent twice publishes once; the second answer counts duplicates."""
+    settings = event_settings()
+    body = dumps(sample("platform_event_low_ink.json"))
+    headers = signed_headers(body, webhook_id="msg_resent")
+    async with live_receiver(settings) as client:
+        first = await client.post(EVENTS_PATH, content=body, headers=headers)
+        second = await client.post(EVENTS_PATH, content=body, headers=headers)
+    assert first.json() == {"accepted": 1, "duplicates": 0}
+    assert second.json() == {"accepted": 0, "duplicates": 1}
+    assert len(written(settings)) == 1
+
+
+async def test_gap_and_overflow_events(event_settings: SettingsFactory) -> None:
+    """GAP_UPDATE gives one event per record; GAP_OVERFLOW, without records, one keyed by entity."""
+    settings = event_settings()
+    gap = change_event(["001xx000003DGb4AAG"], change_type="GAP_UPDATE", sequence=1)
+    overflow = change_event([], change_type="GAP_OVERFLOW", sequence=2)
+    body = dumps([gap, overflow])
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body))
+    assert response.json() == {"accepted": 2, "duplicates": 0}
+    by_type = {event["data"]["change_event"]["change_type"]: event for event in written(settings)}
+    assert by_type["GAP_UPDATE"]["subject"] == "001xx000003DGb4AAG"
+    assert "subject" not in by_type["GAP_OVERFLOW"]
+    assert by_type["GAP_OVERFLOW"]["id"].endswith(":Account")
+
+
+async def test_pubsub_decoded_payload_keeps_bitmaps_and_converts_dates(event_settings: SettingsFactory) -> None:
+    """Avro-decoded CDC: epoch-ms dates become ISO, bitmap field lists are kept and flagged."""
+    settings = event_settings()
+    message = change_event(["001xx000003DGb4AAG"], LastModifiedDate=1745500706000, Name=None, Phone=None)
+    message["data"]["payload"]["ChangeEventHeader"]["changedFields"] = ["0x650004E0", "4-0x10"]
+    message["data"]["payload"]["ChangeEventHeader"]["nulledFields"] = []
+    message["data"]["payload"]["ChangeEventHeader"]["diffFields"] = []
+    body = dumps(message)
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body))
+    assert response.status_code == 200, response.text
+    [event] = written(settings)
+    change = event["data"]["change_event"]
+    assert change["changed_fields"] == ["0x650004E0", "4-0x10"]
+    assert change["changed_fields_encoding"] == "bitmap"
+    assert event["data"]["fields"]["LastModifiedDate"] == "2025-04-24T13:18:26.000Z"
+    assert event["data"]["fields"]["Phone"] is None
+
+
+async def test_events_wrapper_and_org_in_body(event_settings: SettingsFactory) -> None:
+    """{"events": [...]} with organizationId in the messages and no org header is accepted."""
+    settings = event_settings()
+    message = sample("platform_event_low_ink.json")
+    message["organizationId"] = "00D1I000003qqqE"
+    body = dumps({"events": [message]})
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body, org=None))
+    assert response.status_code == 200, response.text
+    assert written(settings)[0]["sforgid"] == ORG
+
+
+@pytest.mark.parametrize(
+    ("body", "headers_org", "status", "reason"),
+    [
+        (b"{not json", ORG, 400, "malformed_json"),
+        (b'{"channel": "/event/X__e"}', ORG, 400, "invalid_event"),
+        (dumps(sample("platform_event_low_ink.json")), None, 400, "missing_org_id"),
+        (dumps(sample("platform_event_low_ink.json")), "00D5g000004Xz1AEAS", 403, "unknown_org"),
+    ],
+    ids=["malformed", "invalid", "no_org", "unknown_org"],
+)
+async def test_bad_bodies_get_their_status(
+    event_settings: SettingsFactory, body: bytes, headers_org: str | None, status: int, reason: str
+) -> None:
+    """Malformed, invalid, org-less and unknown-org bodies each get their status and reason."""
+    settings = event_settings()
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body, org=headers_org))
+    assert_problem(response, status, reason)
+
+
+async def test_xml_content_type_is_415(event_settings: SettingsFactory) -> None:
+    """An events body declared as XML is refused with 415."""
+    async with live_receiver(event_settings()) as client:
+        response = await client.post(EVENTS_PATH, content=b"<a/>", headers={"Content-Type": "text/xml"})
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("header", ["X-Terapi-Hmac-Sha256", "X-Nango-Hmac-Sha256"])
+async def test_terapi_forward_is_accepted_under_both_header_names(event_settings: SettingsFactory, header: str) -> None:
+    """A terapi forward signed with the webhook secret is published with its connection."""
+    settings = event_settings()
+    forward = {
+        "from": "salesforce",
+        "type": "forward",
+        "connectionId": "example-contacts",
+        "providerConfigKey": "salesforce",
+        "payload": sample("platform_event_low_ink.json"),
+    }
+    body = dumps(forward)
+    async with live_receiver(settings) as client:
+        response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body, header=header))
+    assert response.status_code == 200, response.text
+    [event] = written(settings)
+    assert event["sforgid"] == ORG
+    assert event["terapiconnectionid"] == "example-contacts"
+
+
+async def test_terapi_forward_with_a_bad_signature_is_401(event_settings: SettingsFactory) -> None:
+    """A forward signed with another secret is refused."""
+    body = dumps({"from": "salesforce", "type": "forward", "connectionId": "c", "providerConfigKey": "salesforce", "payload": {}})
+    async with live_receiver(event_settings()) as client:
+        response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body, secret="other-secret-value"))
+    assert_problem(response, 401, "bad_signature")
+
+
+async def test_terapi_forward_of_an_unknown_connection_is_403(event_settings: SettingsFactory) -> None:
+    """A forward from a connection whose org is not known is refused and quarantined."""
+    settings = event_settings()
+    forward = {
+        "from": "salesforce", "type": "forward", "connectionId": "nobody", "providerConfigKey": "salesforce",
+        "payload": {**sample("platform_event_low_ink.json"), "organizationId": "00D5g000004Xz1AEAS"},
+    }
+    body = dumps(forward)
+    async with live_receiver(settings) as client:
+        response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body))
+    assert_problem(response, 403, "unknown_org")
