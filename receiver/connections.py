@@ -63,7 +63,9 @@ class StaticConnectionMap:
                 org_id = normalize_org_id(raw_org_id)
                 connection = Connection(str(entry["connection_id"]), str(entry["integration"]))
             except (InvalidMessage, KeyError, TypeError) as exc:
-                raise ConfigurationError(f"org map file {str(path)!r}: entry {raw_org_id!r} is invalid ({exc})") from exc
+                raise ConfigurationError(
+                    f"org map file {str(path)!r}: entry {raw_org_id!r} is invalid ({exc})"
+                ) from exc
             entries[org_id] = connection
         return cls(entries)
 

@@ -40,11 +40,21 @@ class Metrics:
 
         set_metric(
             "messages_received",
-            Counter("receiver_messages_received", "Requests received, by endpoint kind", ["kind", "integration"], registry=registry),
+            Counter(
+                "receiver_messages_received",
+                "Requests received, by endpoint kind",
+                ["kind", "integration"],
+                registry=registry,
+            ),
         )
         set_metric(
             "notifications_received",
-            Counter("receiver_notifications_received", "Notifications and events parsed from requests", ["kind"], registry=registry),
+            Counter(
+                "receiver_notifications_received",
+                "Notifications and events parsed from requests",
+                ["kind"],
+                registry=registry,
+            ),
         )
         set_metric(
             "events_published",
@@ -52,33 +62,71 @@ class Metrics:
         )
         set_metric(
             "duplicates",
-            Counter("receiver_duplicates", "Events not published again because they already were", ["kind"], registry=registry),
+            Counter(
+                "receiver_duplicates",
+                "Events not published again because they already were",
+                ["kind"],
+                registry=registry,
+            ),
         )
         set_metric(
             "rejected",
-            Counter("receiver_requests_rejected", "Requests answered with an error, by reason", ["kind", "status", "reason"], registry=registry),
+            Counter(
+                "receiver_requests_rejected",
+                "Requests answered with an error, by reason",
+                ["kind", "status", "reason"],
+                registry=registry,
+            ),
         )
         set_metric(
             "publish_latency",
-            Histogram("receiver_publish_seconds", "Time to publish all events of one request", buckets=_LATENCY_BUCKETS, registry=registry),
+            Histogram(
+                "receiver_publish_seconds",
+                "Time to publish all events of one request",
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
         )
         set_metric(
             "request_latency",
-            Histogram("receiver_request_seconds", "Time to answer a webhook request", ["kind"], buckets=_LATENCY_BUCKETS, registry=registry),
+            Histogram(
+                "receiver_request_seconds",
+                "Time to answer a webhook request",
+                ["kind"],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
         )
         set_metric(
             "quarantined",
-            Counter("receiver_quarantined", "Authenticated payloads sent to quarantine, by reason", ["reason"], registry=registry),
+            Counter(
+                "receiver_quarantined",
+                "Authenticated payloads sent to quarantine, by reason",
+                ["reason"],
+                registry=registry,
+            ),
         )
         set_metric(
             "quarantine_dropped",
-            Counter("receiver_quarantine_dropped", "Payloads not quarantined because of the rate or size bound", ["reason"], registry=registry),
+            Counter(
+                "receiver_quarantine_dropped",
+                "Payloads not quarantined because of the rate or size bound",
+                ["reason"],
+                registry=registry,
+            ),
         )
-        set_metric("in_flight_requests", Gauge("receiver_in_flight_requests", "Webhook requests being processed", registry=registry))
+        set_metric(
+            "in_flight_requests",
+            Gauge("receiver_in_flight_requests", "Webhook requests being processed", registry=registry),
+        )
         set_metric("in_flight_events", Gauge("receiver_in_flight_events", "Events being published", registry=registry))
         set_metric(
             "dedupe_unavailable",
-            Counter("receiver_dedupe_unavailable", "Events accepted without dedupe because the store failed", registry=registry),
+            Counter(
+                "receiver_dedupe_unavailable",
+                "Events accepted without dedupe because the store failed",
+                registry=registry,
+            ),
         )
         set_metric(
             "recording_failures",
@@ -86,5 +134,9 @@ class Metrics:
         )
         set_metric(
             "sink_recreated",
-            Counter("receiver_sink_recreated", "Kafka producers thrown away and built again after a fault", registry=registry),
+            Counter(
+                "receiver_sink_recreated",
+                "Kafka producers thrown away and built again after a fault",
+                registry=registry,
+            ),
         )

@@ -21,8 +21,15 @@ logger = logging.getLogger("receiver.quarantine")
 
 
 class Quarantine:
-    def __init__(self, sink: Sink, metrics: Metrics, *, per_second: float = 20.0, burst: int = 100,
-                 max_body_bytes: int = 1_048_576) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        metrics: Metrics,
+        *,
+        per_second: float = 20.0,
+        burst: int = 100,
+        max_body_bytes: int = 1_048_576,
+    ) -> None:
         self.sink = sink
         self.metrics = metrics
         self.per_second = per_second

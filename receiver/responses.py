@@ -45,7 +45,9 @@ def soap_ack() -> Response:
 
 def soap_fault(error: ReceiverError) -> Response:
     body = _FAULT.format(code=error.soap_fault_code, reason=escape(error.reason), detail=escape(error.detail))
-    return Response(body.encode(), status_code=error.status, media_type=SOAP_CONTENT_TYPE, headers=_retry_headers(error))
+    return Response(
+        body.encode(), status_code=error.status, media_type=SOAP_CONTENT_TYPE, headers=_retry_headers(error)
+    )
 
 
 def accepted(accepted_count: int, duplicate_count: int) -> Response:

@@ -188,6 +188,17 @@ class TerapiConnectionSource:
         self._metrics.lookups.labels(result="miss" if connection is None else "hit_after_refresh").inc()
         return connection
 
+    async def org_of(self, connection: Connection) -> str | None:
+        """The org of a terapi connection (for webhooks terapi forwards), refreshing like ``resolve``."""
+        key = (connection.integration, connection.connection_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            refresh = self._refresh_for_unknown_org(connection.integration)
+            if refresh is not None:
+                await asyncio.wait({refresh}, timeout=UNKNOWN_ORG_WAIT_S)
+                entry = self._entries.get(key)
+        return entry.org_id if entry is not None and entry.skipped is None else None
+
     def _refresh_for_unknown_org(self, integration: str) -> asyncio.Task[None] | None:
         if self._scheduler is None or integration not in self._integrations:
             return None

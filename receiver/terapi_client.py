@@ -66,7 +66,7 @@ class TerapiError(ReceiverError):
         return f"{name}(reason={self.reason!r}, terapi_status={self.status_code}, detail={self.detail!r})"
 
 
-class TerapiUnauthorized(TerapiError):  # noqa: N818 - the name the rest of the receiver uses
+class TerapiUnauthorized(TerapiError):
     """terapi rejected the secret key: nothing will work until an operator fixes it."""
 
     retryable = False

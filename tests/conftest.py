@@ -33,7 +33,9 @@ def _reachable(address: str) -> bool:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """The broker scripts/services started; a test that needs it fails when it is down."""
-    address = os.environ.get("TEST_KAFKA_BOOTSTRAP") or os.environ.get("RECEIVER_KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+    address = (
+        os.environ.get("TEST_KAFKA_BOOTSTRAP") or os.environ.get("RECEIVER_KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+    )
     if not _reachable(address.split(",")[0]):
         pytest.fail(f"Kafka is not reachable at {address}: run scripts/services start")
     return address
@@ -98,5 +100,8 @@ async def live_receiver(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     from receiver.app import create_app
     from tests.servers import run_uvicorn
 
-    async with run_uvicorn(create_app(settings)) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    async with (
+        run_uvicorn(create_app(settings)) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+    ):
         yield client

@@ -51,7 +51,9 @@ def terapi_headers(body: bytes, *, header: str = "X-Terapi-Hmac-Sha256", secret:
     return {"Content-Type": "application/json", header: sign_terapi(secret, body)}
 
 
-def change_event(record_ids: list[str], change_type: str = "UPDATE", sequence: int = 1, **payload: Any) -> dict[str, Any]:
+def change_event(
+    record_ids: list[str], change_type: str = "UPDATE", sequence: int = 1, **payload: Any
+) -> dict[str, Any]:
     header = {
         "entityName": "Account",
         "recordIds": record_ids,

@@ -46,9 +46,12 @@ def outbound_message(
    </Notification>"""
         for i in range(count)
     )
-    org_element = organization_element if organization_element is not None else f"<OrganizationId>{org15}</OrganizationId>"
+    org_element = (
+        organization_element if organization_element is not None else f"<OrganizationId>{org15}</OrganizationId>"
+    )
     return f"""<?xml version="1.0" encoding="UTF-8"?>
-<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"
+ xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
  <soapenv:Body>
   <notifications xmlns="http://soap.sforce.com/2005/09/outbound">
    {org_element}

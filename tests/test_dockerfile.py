@@ -16,8 +16,8 @@ DOCKERFILE = (REPO / "Dockerfile").read_text()
 def instructions() -> list[tuple[str, str]]:
     joined = re.sub(r"\\\n", " ", DOCKERFILE)
     result = []
-    for line in joined.splitlines():
-        line = line.strip()
+    for raw_line in joined.splitlines():
+        line = raw_line.strip()
         if line and not line.startswith("#"):
             keyword, _, rest = line.partition(" ")
             result.append((keyword.upper(), rest.strip()))
@@ -54,7 +54,8 @@ def test_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)

@@ -113,7 +113,12 @@ async def test_per_org_secret_from_the_configuration(event_settings: SettingsFac
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
-        (lambda body, h: h.update({"webhook-signature": signed_headers(body, secret=ROTATED_SECRET)["webhook-signature"]}), "bad_signature"),
+        (
+            lambda body, h: h.update(
+                {"webhook-signature": signed_headers(body, secret=ROTATED_SECRET)["webhook-signature"]}
+            ),
+            "bad_signature",
+        ),
         (lambda body, h: h.update(signed_headers(body, timestamp=int(time.time()) - 3600)), "stale_timestamp"),
         (lambda body, h: h.update(signed_headers(body, timestamp=int(time.time()) + 3600)), "future_timestamp"),
         (lambda body, h: h.pop("webhook-signature"), "missing_signature_headers"),
@@ -121,7 +126,9 @@ async def test_per_org_secret_from_the_configuration(event_settings: SettingsFac
     ],
     ids=["wrong_secret", "stale", "future", "no_signature", "no_id"],
 )
-async def test_authentication_failures_are_401_problems(event_settings: SettingsFactory, mutate: Any, reason: str) -> None:
+async def test_authentication_failures_are_401_problems(
+    event_settings: SettingsFactory, mutate: Any, reason: str
+) -> None:
     """Wrong secret, stale or future timestamp, missing headers: 401 problem+json, nothing written."""
     settings = event_settings()
     body = dumps(sample("platform_event_low_ink.json"))
@@ -251,9 +258,13 @@ async def test_terapi_forward_is_accepted_under_both_header_names(event_settings
 
 async def test_terapi_forward_with_a_bad_signature_is_401(event_settings: SettingsFactory) -> None:
     """A forward signed with another secret is refused."""
-    body = dumps({"from": "salesforce", "type": "forward", "connectionId": "c", "providerConfigKey": "salesforce", "payload": {}})
+    body = dumps(
+        {"from": "salesforce", "type": "forward", "connectionId": "c", "providerConfigKey": "salesforce", "payload": {}}
+    )
     async with live_receiver(event_settings()) as client:
-        response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body, secret="other-secret-value"))
+        response = await client.post(
+            "/webhooks/terapi", content=body, headers=terapi_headers(body, secret="other-secret-value")
+        )
     assert_problem(response, 401, "bad_signature")
 
 
@@ -261,7 +272,10 @@ async def test_terapi_forward_of_an_unknown_connection_is_403(event_settings: Se
     """A forward from a connection whose org is not known is refused and quarantined."""
     settings = event_settings()
     forward = {
-        "from": "salesforce", "type": "forward", "connectionId": "nobody", "providerConfigKey": "salesforce",
+        "from": "salesforce",
+        "type": "forward",
+        "connectionId": "nobody",
+        "providerConfigKey": "salesforce",
         "payload": {**sample("platform_event_low_ink.json"), "organizationId": "00D5g000004Xz1AEAS"},
     }
     body = dumps(forward)

@@ -125,7 +125,13 @@ async def test_unreachable_broker_does_not_stop_start_and_publish_fails_fast(mak
 def test_change_event_without_subject_has_no_subject_header() -> None:
     """Events without a record carry no ce_subject header at all."""
     event = CloudEvent(
-        type=CHANGE_EVENT, id="t:1:Account", organization_id=ORG, connection=Connection("c", "salesforce"),
-        time="2025-01-01T00:00:00.000Z", key=f"{ORG}:Account", data={}, object="Account",
+        type=CHANGE_EVENT,
+        id="t:1:Account",
+        organization_id=ORG,
+        connection=Connection("c", "salesforce"),
+        time="2025-01-01T00:00:00.000Z",
+        key=f"{ORG}:Account",
+        data={},
+        object="Account",
     )
     assert "ce_subject" not in dict(event.kafka_headers())

@@ -16,7 +16,7 @@ from receiver.file_sink import EVENTS_FILE, QUARANTINE_FILE
 from tests.broker import start_kafka, stop_kafka
 from tests.conftest import SettingsFactory, live_receiver
 from tests.kafka_helpers import read_topic
-from tests.om_payloads import ORG, SAMPLE_FILES, SESSION_ID, notification_ids, outbound_message, sample
+from tests.om_payloads import SAMPLE_FILES, SESSION_ID, notification_ids, outbound_message, sample
 
 SOAP = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
 OM_PATH = "/webhooks/salesforce/outbound-messages"
@@ -167,7 +167,9 @@ def hostile_bodies(secret_file: Path) -> dict[str, bytes]:
     }
 
 
-async def test_hostile_inputs_are_client_faults_and_leave_no_trace(make_settings: SettingsFactory, tmp_path: Path) -> None:
+async def test_hostile_inputs_are_client_faults_and_leave_no_trace(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
     """Each hostile body is a 400 Client Fault; no event is written and the local file never leaks."""
     secret_file = tmp_path / "secret.txt"
     secret_file.write_text("TOP-SECRET-FILE-CONTENT")
@@ -212,8 +214,7 @@ async def test_declared_oversize_body_is_413_without_reading_it(make_settings: S
     """A Content-Length over the bound is answered 413 while the body has not even been sent."""
     settings = make_settings(max_body_bytes=4096)
     head = (
-        f"POST {OM_PATH} HTTP/1.1\r\nHost: test\r\nContent-Type: text/xml\r\n"
-        f"Content-Length: {50 * 1024 * 1024}\r\n\r\n"
+        f"POST {OM_PATH} HTTP/1.1\r\nHost: test\r\nContent-Type: text/xml\r\nContent-Length: {50 * 1024 * 1024}\r\n\r\n"
     ).encode()
     async with live_receiver(settings) as client:
         answer = await raw_exchange(str(client.base_url).rstrip("/"), head, b"<soapenv:Envelope")
@@ -295,7 +296,9 @@ async def test_resend_after_ack_publishes_nothing_new(make_settings: SettingsFac
     assert len((settings.data_dir / EVENTS_FILE).read_bytes().splitlines()) == 3
 
 
-async def test_session_id_reaches_no_event_and_no_log(make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture) -> None:
+async def test_session_id_reaches_no_event_and_no_log(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     """The SessionId of an accepted message is in no event, no log line and no metric."""
     settings = make_settings()
     caplog.set_level("DEBUG")
