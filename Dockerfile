@@ -6,6 +6,7 @@ WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY receiver ./receiver
+COPY schemas ./schemas
 RUN pip wheel --wheel-dir /wheels .
 
 FROM python:3.11.11-slim-bookworm AS runtime

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -30,7 +31,17 @@ from receiver.wsdl import WsdlRegistry, normalize_datetime
 SOAP_ENVELOPE_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 OUTBOUND_NS: Final = "http://soap.sforce.com/2005/09/outbound"
 XSI_NS: Final = "http://www.w3.org/2001/XMLSchema-instance"
-ENVELOPE_SCHEMA_PATH: Final = Path(__file__).resolve().parents[1] / "schemas" / "outbound-envelope.xsd"
+
+
+def _schema_file(name: str) -> Path:
+    """A file of ``schemas/``: at the top of a source checkout, or shipped as ``receiver.schemas``."""
+    in_checkout = Path(__file__).resolve().parents[1] / "schemas" / name
+    if in_checkout.is_file():
+        return in_checkout
+    return Path(str(files("receiver.schemas").joinpath(name)))
+
+
+ENVELOPE_SCHEMA_PATH: Final = _schema_file("outbound-envelope.xsd")
 
 _ENVELOPE: Final = f"{{{SOAP_ENVELOPE_NS}}}Envelope"
 _BODY: Final = f"{{{SOAP_ENVELOPE_NS}}}Body"

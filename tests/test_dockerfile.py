@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,31 @@ def test_serves_on_all_interfaces_port_8080_with_a_healthcheck() -> None:
     assert healthchecks and "/healthz" in healthchecks[0]
 
 
+def build_stage_copies() -> list[str]:
+    """The sources the build stage COPYs from the context (not --from another stage)."""
+    sources = []
+    for keyword, rest in instructions():
+        if keyword == "FROM" and sources and "AS runtime" in rest:
+            break
+        if keyword == "COPY" and not rest.startswith("--from"):
+            sources.extend(rest.split()[:-1])
+    return sources
+
+
 @pytest.mark.slow
 def test_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
-    """The build stage's `pip wheel .` and the runtime's wheel install give a working sf-receiver."""
+    """The build stage's `pip wheel .` on only what it COPYs, installed in a fresh venv, serves."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for source in build_stage_copies():
+        origin = REPO / source
+        if origin.is_dir():
+            shutil.copytree(origin, context / source, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(origin, context / source)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(context)],
         check=True,
         timeout=300,
     )
@@ -66,3 +86,8 @@ def test_install_steps_work_in_a_fresh_venv(tmp_path: Path) -> None:
         [str(venv / "bin" / "sf-receiver"), "--help"], capture_output=True, text=True, check=True, timeout=60
     )
     assert "serve" in result.stdout and "replay" in result.stdout and "tail" in result.stdout
+    # The installed package must carry its data files: building the app loads the envelope XSD.
+    build_app = (
+        "from receiver.app import create_app; from receiver.settings import load_settings; create_app(load_settings())"
+    )
+    subprocess.run([str(venv / "bin" / "python"), "-c", build_app], check=True, timeout=60, cwd=tmp_path)
