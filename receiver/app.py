@@ -27,6 +27,7 @@ from receiver.middleware import RequestContextMiddleware
 from receiver.outbound import OutboundMessageParser
 from receiver.pipeline import Pipeline
 from receiver.quarantine import Quarantine
+from receiver.recording import Recorder, build_recorder
 from receiver.settings import Settings
 from receiver.sink import Sink, build_sink
 from receiver.webhooks import WebhookEndpoints
@@ -50,6 +51,7 @@ class Services:
     pipeline: Pipeline
     quarantine: Quarantine
     outbound_parser: OutboundMessageParser
+    recorder: Recorder
 
 
 def build_dedupe(settings: Settings) -> DedupeStore:
@@ -92,6 +94,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
             max_depth=settings.max_xml_depth,
             max_elements=settings.max_xml_elements,
         ),
+        recorder=build_recorder(settings, sink, metrics),
     )
 
 
@@ -100,15 +103,20 @@ async def started(services: Services) -> AsyncIterator[Services]:
     """Start the components in dependency order and stop them in reverse, even on failure."""
     await services.sink.start()
     try:
-        await services.dedupe.start()
+        # Right after the sink, whose producer carries the raw topic; stopped (flushed) before it.
+        await services.recorder.start()
         try:
-            await services.connections.start()
+            await services.dedupe.start()
             try:
-                yield services
+                await services.connections.start()
+                try:
+                    yield services
+                finally:
+                    await services.connections.stop()
             finally:
-                await services.connections.stop()
+                await services.dedupe.stop()
         finally:
-            await services.dedupe.stop()
+            await services.recorder.stop()
     finally:
         # Last: whatever was accepted is flushed before the process exits.
         await services.sink.stop()

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     recording_enabled: bool = True
     recording_max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     recording_retention_days: int = Field(default=14, ge=1)
+    #: Recordings waiting to be written, per outlet; past it requests go unrecorded (counted).
+    recording_queue_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    #: With Kafka, also send every recording to ``kafka_raw_topic`` (``salesforce.raw``).
+    kafka_record_raw: bool = False
 
     @field_validator("integrations", "allowed_cidrs", "trusted_proxies", "event_secrets", mode="before")
     @classmethod

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver import callbacks, outbound, responses, signatures
-from receiver.errors import InvalidMessage, ReceiverError, Unauthenticated, UnknownOrg
-from receiver.event import CloudEvent, Connection, utc_now_iso
+from receiver import responses, signatures
+from receiver.errors import InvalidMessage, ReceiverError, Unauthenticated
+from receiver.event import utc_now_iso
 from receiver.limits import (
     JSON_CONTENT_TYPES,
     XML_CONTENT_TYPES,
@@ -28,15 +28,14 @@ from receiver.limits import (
     check_integration,
     read_body,
 )
+from receiver.logs import request_id_var
+from receiver.processing import EVENTS, OUTBOUND, TERAPI, Origin, PayloadProcessor
+from receiver.recording import Outcome, RecordedRequest
 
 if TYPE_CHECKING:
     from receiver.app import Services
 
 logger = logging.getLogger("receiver.webhooks")
-
-OUTBOUND = "outbound_message"
-EVENTS = "event"
-TERAPI = "terapi_forward"
 
 Answer = Callable[[ReceiverError], Response]
 
@@ -46,6 +45,7 @@ class WebhookEndpoints:
         self.services = services
         self.settings = services.settings
         self.metrics = services.metrics
+        self.processor = PayloadProcessor(services)
         self._event_keys = [signatures.parse_webhook_secret(s.get_secret_value()) for s in self.settings.event_secrets]
         self._event_keys_by_org = {
             org: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
@@ -60,20 +60,59 @@ class WebhookEndpoints:
         ]
 
     async def _answer(
-        self, kind: str, integration: str, answer_error: Answer, handle: Callable[[], Awaitable[Response]]
+        self,
+        request: Request,
+        kind: str,
+        integration: str,
+        answer_error: Answer,
+        handle: Callable[[], Awaitable[Response]],
     ) -> Response:
-        """Run a handler; turn its error into the endpoint's error format and count the outcome."""
+        """Run a handler; turn its error into the endpoint's error format, count and record the outcome."""
         started = time.perf_counter()
+        received_at = utc_now_iso()
         self.metrics.messages_received.labels(kind, integration).inc()
         try:
-            return await handle()
+            response = await handle()
+            outcome = Outcome(response.status_code, "ok")
         except ReceiverError as error:
             self.metrics.rejected.labels(kind, str(error.status), error.reason).inc()
             log = logger.warning if error.status >= 500 else logger.info
             log("request refused", extra={"kind": kind, "status": error.status, "reason": error.reason})
-            return answer_error(error)
+            response = answer_error(error)
+            outcome = Outcome(error.status, error.reason)
+        except Exception:
+            # The payload that hit a bug is the one to replay once the bug is fixed.
+            self._record(request, kind, integration, received_at, Outcome(500, "internal_error"))
+            raise
         finally:
             self.metrics.request_latency.labels(kind).observe(time.perf_counter() - started)
+        self._record(request, kind, integration, received_at, outcome)
+        return response
+
+    def _record(self, request: Request, kind: str, integration: str, received_at: str, outcome: Outcome) -> None:
+        """Hand the request to the recorder (redaction happens there); never fails the request."""
+        if not self.services.recorder.enabled:
+            return
+        self.services.recorder.record(
+            RecordedRequest(
+                received_at=received_at,
+                kind=kind,
+                integration=integration,
+                path=request.url.path,
+                headers=request.headers,
+                # Requests refused before their body was read (token, size) are recorded without it.
+                body=getattr(request.state, "raw_body", None),
+                remote_addr=request.client.host if request.client else None,
+                outcome=outcome,
+                request_id=request_id_var.get(),
+            )
+        )
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body (``limits.read_body``), kept on the request for its recording."""
+        body = await read_body(request, self.settings.max_body_bytes)
+        request.state.raw_body = body
+        return body
 
     # -- Outbound Messages ------------------------------------------------------------------
 
@@ -85,15 +124,12 @@ class WebhookEndpoints:
             check_integration(integration, self.settings.integrations)
             check_content_type(request, XML_CONTENT_TYPES, what="a SOAP (text/xml) Outbound Message")
             self._authenticate_outbound(request)
-            body = await read_body(request, self.settings.max_body_bytes)
-            message = self.services.outbound_parser.parse(body)
-            self.metrics.notifications_received.labels(OUTBOUND).inc(len(message.notifications))
-            connection = await self._resolve(message.organization_id, integration, OUTBOUND, request, body)
-            events = outbound.to_events(message, connection, received_at)
+            body = await self._read_body(request)
+            events = await self.processor.outbound_message(integration, body, received_at, _origin(request))
             await self.services.pipeline.deliver(events)
             return responses.soap_ack()
 
-        return await self._answer(OUTBOUND, integration, responses.soap_fault, handle)
+        return await self._answer(request, OUTBOUND, integration, responses.soap_fault, handle)
 
     def _authenticate_outbound(self, request: Request) -> None:
         """Salesforce cannot sign an Outbound Message: a URL token is what it can carry."""
@@ -115,7 +151,7 @@ class WebhookEndpoints:
             received_at = utc_now_iso()
             check_integration(integration, self.settings.integrations)
             check_content_type(request, JSON_CONTENT_TYPES, what="application/json")
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await self._read_body(request)
             header_org = request.headers.get("x-salesforce-org-id")
             webhook_id = signatures.verify_standard_webhook(
                 request.headers,
@@ -123,19 +159,11 @@ class WebhookEndpoints:
                 self._keys_for(header_org),
                 tolerance_s=self.settings.event_timestamp_tolerance_s,
             )
-            messages = callbacks.parse_event_body(
-                body, max_events=self.settings.max_events_per_request, max_depth=self.settings.max_json_depth
-            )
-            events: list[CloudEvent] = []
-            for message in messages:
-                org_id = callbacks.message_org_id(message, header_org)
-                connection = await self._resolve(org_id, integration, EVENTS, request, body)
-                events.extend(callbacks.to_events(message, org_id, connection, received_at))
-            self.metrics.notifications_received.labels(EVENTS).inc(len(events))
+            events = await self.processor.events(integration, body, header_org, received_at, _origin(request))
             delivery = await self.services.pipeline.deliver(events, delivery_id=f"webhook {integration} {webhook_id}")
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
-        return await self._answer(EVENTS, integration, responses.problem, handle)
+        return await self._answer(request, EVENTS, integration, responses.problem, handle)
 
     def _keys_for(self, header_org: str | None) -> list[bytes]:
         if header_org is None:
@@ -154,48 +182,19 @@ class WebhookEndpoints:
         async def handle() -> Response:
             received_at = utc_now_iso()
             check_content_type(request, JSON_CONTENT_TYPES, what="application/json")
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await self._read_body(request)
             secret = self.settings.terapi_webhook_secret
             if secret is None:
                 raise Unauthenticated("RECEIVER_TERAPI_WEBHOOK_SECRET is not configured", reason="not_configured")
             signatures.verify_terapi_signature(request.headers, body, secret.get_secret_value())
-            forward = callbacks.parse_terapi_forward(
-                body, max_events=self.settings.max_events_per_request, max_depth=self.settings.max_json_depth
-            )
-            integration = forward.provider_config_key
-            check_integration(integration, self.settings.integrations)
-            connection = Connection(forward.connection_id, integration)
-            org_id = await self.services.connections.org_of(connection)
-            events: list[CloudEvent] = []
-            for message in forward.messages:
-                # The connection's org, when known, must agree with any org the payload names.
-                message_org = callbacks.message_org_id(message, org_id or request.headers.get("x-salesforce-org-id"))
-                if org_id is None:
-                    # The connection is not indexed yet: the org must at least be a known one of it.
-                    resolved = await self._resolve(message_org, integration, TERAPI, request, body)
-                    if resolved.connection_id != connection.connection_id:
-                        raise UnknownOrg("the org does not belong to the forwarding connection")
-                events.extend(callbacks.to_events(message, message_org, connection, received_at))
-            self.metrics.notifications_received.labels(TERAPI).inc(len(events))
+            header_org = request.headers.get("x-salesforce-org-id")
+            events = await self.processor.terapi_forward(body, header_org, received_at, _origin(request))
             delivery = await self.services.pipeline.deliver(events)
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
-        return await self._answer(TERAPI, "terapi", responses.problem, handle)
+        return await self._answer(request, TERAPI, "terapi", responses.problem, handle)
 
-    # -- shared steps -------------------------------------------------------------------------
 
-    async def _resolve(self, org_id: str, integration: str, kind: str, request: Request, body: bytes) -> Connection:
-        """The connection of the org; an unknown org is quarantined, then refused (403)."""
-        connection = await self.services.connections.resolve(org_id, integration)
-        if connection is not None:
-            return connection
-        await self.services.quarantine.put(
-            reason="unknown_org",
-            kind=kind,
-            integration=integration,
-            organization_id=org_id,
-            path=request.url.path,
-            headers=request.headers,
-            body=body,
-        )
-        raise UnknownOrg("no terapi connection of this integration is known for the org")
+def _origin(request: Request) -> Origin:
+    """What the quarantine keeps of the request besides its body (redacted there)."""
+    return Origin(path=request.url.path, headers=request.headers)
