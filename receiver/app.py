@@ -28,6 +28,7 @@ from receiver.outbound import OutboundMessageParser
 from receiver.pipeline import Pipeline
 from receiver.quarantine import Quarantine
 from receiver.recording import Recorder, build_recorder
+from receiver.routing import build_router
 from receiver.settings import Settings
 from receiver.sink import Sink, build_sink
 from receiver.webhooks import WebhookEndpoints
@@ -79,7 +80,7 @@ def build_connections(settings: Settings, metrics: Metrics) -> ConnectionResolve
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     """Every component, not yet started; raises ``ConfigurationError`` for unusable settings."""
     metrics = metrics or Metrics()
-    sink = build_sink(settings, metrics)
+    sink = build_sink(settings, metrics, build_router(settings))
     dedupe = build_dedupe(settings)
     return Services(
         settings=settings,

@@ -26,8 +26,10 @@ from aiokafka.helpers import create_ssl_context
 from receiver.errors import PublishFailed, PublishTimeout
 from receiver.event import CloudEvent
 from receiver.metrics import Metrics
+from receiver.routing import static_topics
 from receiver.settings import Settings
 from receiver.sink import TopicRouter
+from receiver.topics import TopicManager
 
 logger = logging.getLogger("receiver.kafka")
 
@@ -62,6 +64,13 @@ class KafkaSink:
         self.settings = settings
         self.metrics = metrics
         self.router = router
+        self.topics = TopicManager(
+            producer_options(settings),
+            static_topics(settings),
+            create=settings.kafka_create_topics,
+            partitions=settings.kafka_partitions,
+            timeout_s=settings.publish_timeout_s,
+        )
         self._timeout_s = settings.publish_timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -99,6 +108,8 @@ class KafkaSink:
             # Records still in the old producer fail; their requests get a 5xx and are resent.
             asyncio.create_task(old.stop())  # noqa: RUF006 - fire and forget; stop() is idempotent
         logger.info("kafka producer connected", extra={"bootstrap_servers": self.settings.kafka_bootstrap_servers})
+        if not self.topics.checked:
+            await self.topics.check()
 
     def _reconnect_later(self) -> None:
         if self._stopped or (self._connecting is not None and not self._connecting.done()):
@@ -129,6 +140,7 @@ class KafkaSink:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
             self._connecting = None
+        await self.topics.close()
         producer, self._producer = self._producer, None
         if producer is not None:
             # stop() flushes what is buffered before closing.
@@ -146,7 +158,10 @@ class KafkaSink:
                     value = orjson.dumps(event.data)
                     key = event.key.encode()
                     headers = event.kafka_headers()
-                    for topic in self.router(event):
+                    topics = self.router(event)
+                    if self.topics.creates:
+                        await self.topics.ensure(topics)
+                    for topic in topics:
                         futures.append(await producer.send(topic, value, key=key, headers=headers))
                 await asyncio.gather(*futures)
         except TimeoutError as exc:

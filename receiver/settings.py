@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from receiver.errors import ConfigurationError
+from receiver.routing import Routes, describe_route_error
 
 ENV_PREFIX = "RECEIVER_"
 #: Salesforce waits 60 s for an answer; the publish bound must stay well below it.
@@ -59,6 +60,8 @@ class Settings(BaseSettings):
     kafka_linger_ms: int = Field(default=2, ge=0, le=1000)
     kafka_create_topics: bool = False
     kafka_partitions: int = Field(default=3, ge=1)
+    #: ``[[routes]]`` tables: the first rule matching an event names its topics (receiver.routing).
+    routes: Routes = []
 
     data_dir: Path = Path("./var")
     org_map_file: Path | None = None
@@ -153,6 +156,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 def _describe(exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
+    if error["loc"][:1] == ("routes",):
+        return describe_route_error(error)
     name = ".".join(str(part) for part in error["loc"]) or "settings"
     setting = ENV_PREFIX + name.split(".")[0].upper()
     value = error.get("input")
