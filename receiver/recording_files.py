@@ -144,33 +144,54 @@ class DailyRecordingFiles:
 
     async def write(self, lines: Sequence[bytes]) -> None:
         try:
-            closed = await asyncio.to_thread(self._write, b"".join(lines))
+            closed = await asyncio.to_thread(self._write, lines)
         except OSError as exc:
             raise RecordingFailed(f"writing recordings failed: {exc}", lost=len(lines)) from exc
         for path in closed:
-            self._compress_later(path)
+            if path.exists():  # a closed file of a day past retention is already gone
+                self._compress_later(path)
 
-    def _write(self, data: bytes) -> list[Path]:
-        """Append ``data`` to the day's file; returns the files it closed, to be compressed."""
+    def _write(self, lines: Sequence[bytes]) -> list[Path]:
+        """Append the lines to the day's file, closing it whenever the next line would pass the
+        size bound; returns the files it closed, to be compressed."""
         closed: list[Path] = []
         today = self.today()
         if self._day is not None and today != self._day:
             closed.extend(self._close_current())
             self._expire(today)
-        if self._descriptor is not None and self._size > 0 and self._size + len(data) > self.max_file_bytes:
-            closed.extend(self._close_current())
-        if self._descriptor is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / self._open_name(today)
-            self._descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._size = os.fstat(self._descriptor).st_size
-            self._day = today
+        self._open(today)
+        chunk: list[bytes] = []
+        chunk_size = 0
+        for line in lines:
+            if self._size + chunk_size > 0 and self._size + chunk_size + len(line) > self.max_file_bytes:
+                if chunk:
+                    self._append(b"".join(chunk))
+                    chunk, chunk_size = [], 0
+                closed.extend(self._close_current())
+                self._open(today)
+            chunk.append(line)
+            chunk_size += len(line)
+        if chunk:
+            self._append(b"".join(chunk))
+        return closed
+
+    def _open(self, today: date) -> None:
+        if self._descriptor is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._descriptor = os.open(
+            self.directory / self._open_name(today), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640
+        )
+        self._size = os.fstat(self._descriptor).st_size
+        self._day = today
+
+    def _append(self, data: bytes) -> None:
+        assert self._descriptor is not None
         view = memoryview(data)
         while view:
             written = os.write(self._descriptor, view)
             view = view[written:]
         self._size += len(data)
-        return closed
 
     def _close_current(self) -> list[Path]:
         descriptor, self._descriptor = self._descriptor, None
