@@ -76,6 +76,7 @@ class KafkaSink:
         self._connecting: asyncio.Task[None] | None = None
         self._last_fault = 0.0
         self._stopped = False
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -103,10 +104,16 @@ class KafkaSink:
         except (KafkaError, TimeoutError, OSError) as exc:
             await producer.stop()
             raise KafkaError(f"producer start failed: {exc!r}") from exc
+        except asyncio.CancelledError:
+            # Cancelled by stop(): the half-started producer must still be closed.
+            await producer.stop()
+            raise
         old, self._producer = self._producer, producer
         if old is not None:
             # Records still in the old producer fail; their requests get a 5xx and are resent.
-            asyncio.create_task(old.stop())  # noqa: RUF006 - fire and forget; stop() is idempotent
+            retiring = asyncio.create_task(old.stop())
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
         logger.info("kafka producer connected", extra={"bootstrap_servers": self.settings.kafka_bootstrap_servers})
         if not self.topics.checked:
             await self.topics.check()
@@ -141,6 +148,8 @@ class KafkaSink:
             await asyncio.gather(self._connecting, return_exceptions=True)
             self._connecting = None
         await self.topics.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         producer, self._producer = self._producer, None
         if producer is not None:
             # stop() flushes what is buffered before closing.

@@ -10,8 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-KAFKA_PID_FILE = REPO / ".cache" / "kafka" / "kafka.pid"
-SERVICES = REPO / "scripts" / "services"
+# Fault tests act on the services of this checkout unless pointed at another one (a private
+# copy on other ports), so that breaking a broker does not disturb other test runs.
+SERVICES_ROOT = Path(os.environ.get("TEST_SERVICES_ROOT", str(REPO)))
+KAFKA_PID_FILE = SERVICES_ROOT / ".cache" / "kafka" / "kafka.pid"
+SERVICES = SERVICES_ROOT / "scripts" / "services"
 
 
 def kafka_pid() -> int:
