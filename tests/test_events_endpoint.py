@@ -282,3 +282,23 @@ async def test_terapi_forward_of_an_unknown_connection_is_403(event_settings: Se
     async with live_receiver(settings) as client:
         response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body))
     assert_problem(response, 403, "unknown_org")
+
+
+async def test_message_shape_of_the_apex_example_is_accepted(event_settings: SettingsFactory) -> None:
+    """What examples/salesforce/SignedEventPublisher.cls posts (events wrapper, +0000 dates) is accepted."""
+    settings = event_settings()
+    message = {
+        "channel": "/event/Low_Ink__e",
+        "data": {
+            "schema": None,
+            "payload": {"CreatedDate": "2017-04-09T18:31:40.517+0000", "Printer_Model__c": "XZO-5"},
+            "event": {"replayId": 7, "EventUuid": "9a6c0e0c-1395-457f-9275-be1b527a72f7"},
+        },
+    }
+    body = dumps({"events": [message]})
+    async with live_receiver(settings) as client:
+        response = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body))
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+    [event] = written(settings)
+    assert event["time"] == "2017-04-09T18:31:40.517Z"
+    assert event["id"] == "9a6c0e0c-1395-457f-9275-be1b527a72f7"
