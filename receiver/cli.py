@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from receiver.errors import ConfigurationError
+from receiver.errors import ConfigurationError, ReceiverError
 from receiver.settings import Settings, load_settings
 
 CONFIG_ENV = "RECEIVER_CONFIG"
@@ -68,7 +68,9 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
         sys.exit(2)
     options = uvicorn_options(settings)
     if app is not None:
-        uvicorn.run(app, **options)
+        from receiver.server import GracefulServer
+
+        GracefulServer(uvicorn.Config(app, **options)).run()
         return
     # Worker processes import the factory and read the same settings; the file travels by env.
     if config_file is not None:
@@ -100,8 +102,66 @@ def replay() -> None:
     sys.exit(2)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def tail() -> None:
-    """Print events from the sink (coming in a later release)."""
-    click.echo("sf-receiver tail: not available yet in this version", err=True)
-    sys.exit(2)
+@main.command()
+@config_option
+@click.option("--topic", default=None, help="Kafka topic to read (default RECEIVER_KAFKA_TOPIC).")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Read this events.jsonl instead (default with no Kafka: RECEIVER_DATA_DIR/events.jsonl).",
+)
+@click.option("--from-beginning", is_flag=True, help="Every event there is, not only the last --lines.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=10, show_default=True, help="Last events shown.")
+@click.option("-f", "--follow", is_flag=True, help="Keep waiting for new events.")
+@click.option("--org", "orgs", multiple=True, help="Only this org (15 or 18 characters); repeatable.")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["outbound_message", "platform_event", "change_event"]),
+    help="Only this kind; repeatable.",
+)
+@click.option("--object", "objects", multiple=True, help="Only this object (glob, any case); repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="One CloudEvents structured-mode JSON object per line.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Exit after printing this many events.")
+def tail(
+    *,
+    config_file: Path | None,
+    topic: str | None,
+    file: Path | None,
+    from_beginning: bool,
+    lines: int,
+    follow: bool,
+    orgs: tuple[str, ...],
+    kinds: tuple[str, ...],
+    objects: tuple[str, ...],
+    as_json: bool,
+    limit: int | None,
+) -> None:
+    """Print events from the sink (a Kafka topic or events.jsonl) for a person to read."""
+    import asyncio
+
+    from receiver.ids import normalize_org_id
+    from receiver.tail import EventFilter, TailError, TailOptions, run
+    from receiver.tail_output import JsonPrinter, PrettyPrinter
+
+    settings = settings_or_exit(config_file)
+    try:
+        org_ids = [normalize_org_id(org) for org in orgs]
+    except ReceiverError as exc:
+        raise click.BadParameter(exc.detail, param_hint="--org") from None
+    options = TailOptions(EventFilter.of(org_ids, kinds, objects), from_beginning, lines, follow, limit)
+    printer = JsonPrinter() if as_json else PrettyPrinter()
+    try:
+        asyncio.run(run(settings, options, printer.show, topic=topic, file=file))
+    except TailError as exc:
+        click.echo(f"sf-receiver tail: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader (head, less) has gone: exit quietly, and keep Python from failing on flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
