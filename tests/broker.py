@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 # Fault tests act on the services of this checkout unless pointed at another one (a private
@@ -32,8 +33,28 @@ def kafka_paused() -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
+def _services_environment() -> dict[str, str]:
+    """The environment for scripts/services: a private copy gets the ports the tests point at.
+
+    Without this, ``services start`` on a private copy would start its broker on the default
+    ports, where the shared one already answers, and "restart" nothing of ours.
+    """
+    environment = dict(os.environ)
+    if "TEST_SERVICES_ROOT" not in os.environ:
+        return environment
+    bootstrap = os.environ.get("TEST_KAFKA_BOOTSTRAP")
+    if bootstrap:
+        environment.setdefault("SERVICES_KAFKA_PORT", bootstrap.split(",")[0].rsplit(":", 1)[1])
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if redis_url:
+        port = urlsplit(redis_url).port
+        if port is not None:
+            environment.setdefault("SERVICES_REDIS_PORT", str(port))
+    return environment
+
+
 def services(*args: str) -> None:
-    subprocess.run([str(SERVICES), *args], check=True, capture_output=True, timeout=180)
+    subprocess.run([str(SERVICES), *args], check=True, capture_output=True, timeout=180, env=_services_environment())
 
 
 def kill_kafka() -> None:
@@ -46,3 +67,11 @@ def stop_kafka() -> None:
 
 def start_kafka() -> None:
     services("start", "kafka")
+
+
+def stop_redis() -> None:
+    services("stop", "redis")
+
+
+def start_redis() -> None:
+    services("start", "redis")

@@ -12,6 +12,7 @@ SAMPLE_FILES = ("contact_2_notifications.xml", "account_null_field_omitted.xml",
 ORG15 = "00D1I000003qqqE"
 ORG = ORG15 + checksum(ORG15)
 SESSION_ID = "00D1I000003qqqE!AQ0AQLive.Session.Value-7Hx2"
+NOTIFICATION_PREFIX = "04l1I00000"
 
 
 def sample(name: str) -> bytes:
@@ -32,13 +33,18 @@ def outbound_message(
     start: int = 0,
     object_name: str = "Contact",
     organization_element: str | None = None,
+    notification_prefix: str = NOTIFICATION_PREFIX,
 ) -> bytes:
-    """A Contact OM with ``count`` notifications numbered from ``start``."""
+    """A Contact OM with ``count`` notifications numbered from ``start``.
+
+    ``notification_prefix`` (10 characters) makes ids no earlier run used: a shared Redis keeps
+    dedupe marks for 25 h, so fixed ids would be duplicates on the next run.
+    """
     url_org = url_org15 or org15
     notifications = "".join(
         f"""
    <Notification>
-    <Id>{id18("04l1I00000", start + i)}</Id>
+    <Id>{id18(notification_prefix, start + i)}</Id>
     <sObject xsi:type="sf:{object_name}" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
      <sf:Id>{id18("0031I00000", start + i)}</sf:Id>
      <sf:LastName>Name {start + i}</sf:LastName>
@@ -64,5 +70,5 @@ def outbound_message(
 </soapenv:Envelope>""".encode()
 
 
-def notification_ids(count: int, start: int = 0) -> set[str]:
-    return {id18("04l1I00000", start + i) for i in range(count)}
+def notification_ids(count: int, start: int = 0, *, notification_prefix: str = NOTIFICATION_PREFIX) -> set[str]:
+    return {id18(notification_prefix, start + i) for i in range(count)}
