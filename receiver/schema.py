@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _ID18 = r"^[a-zA-Z0-9]{18}$"
 _ORG18 = r"^00D[a-zA-Z0-9]{15}$"
+#: ISO 8601 in UTC with a ``Z``, as every time the receiver writes: ``2025-04-24T13:18:26.000Z``.
+_UTC_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$"
 
 
 class _Model(BaseModel):
@@ -38,7 +40,7 @@ class _EventData(_Model):
         description="Field values: typed when the action's WSDL is registered, else as sent. "
         "An omitted field is absent; a nil field is null."
     )
-    received_at: str = Field(description="When the receiver got the request (ISO 8601, UTC).")
+    received_at: str = Field(pattern=_UTC_TIMESTAMP, description="When the receiver got the request (ISO 8601, UTC).")
 
 
 class OutboundMessageSection(_Model):
@@ -78,7 +80,7 @@ class ChangeEventSection(_Model):
     )
     transaction_key: str | None
     sequence_number: int | None
-    commit_timestamp: str | None
+    commit_timestamp: str | None = Field(pattern=_UTC_TIMESTAMP)
     commit_number: int | None = Field(description="Exact integer (up to 19 digits).")
     commit_user: str | None
     change_origin: str | None
@@ -100,7 +102,7 @@ class EventHeaders(_Model):
     ce_type: Literal["com.salesforce.outbound_message", "com.salesforce.platform_event", "com.salesforce.change_event"]
     ce_source: str = Field(pattern=r"^/salesforce/orgs/00D[a-zA-Z0-9]{15}$")
     ce_id: str = Field(min_length=1)
-    ce_time: str
+    ce_time: str = Field(pattern=_UTC_TIMESTAMP)
     ce_subject: str | None = Field(default=None, pattern=_ID18)
     ce_sforgid: str = Field(pattern=_ORG18)
     ce_sfobject: str | None = None

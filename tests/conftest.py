@@ -15,6 +15,9 @@ import pytest
 from receiver.settings import Settings, load_settings
 from tests.kafka_helpers import unique_topic
 
+#: Every event a test builds is checked against schemas/ (the consumer contract).
+pytest_plugins = ["tests.schema_guard"]
+
 DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_ORG_MAP = REPO / "examples" / "org-map.toml"
