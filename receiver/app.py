@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from receiver.access import SourceAccessMiddleware
 from receiver.connections import ConnectionResolver, ConnectionSource, StaticConnectionMap
 from receiver.dedupe import DedupeStore, MemoryDedupeStore
 from receiver.metrics import Metrics
@@ -163,6 +164,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
         *endpoints.routes(),
     ]
     middleware = [
+        # Outermost: a source refused costs no request slot, and every later step sees the real client.
+        Middleware(
+            SourceAccessMiddleware,
+            allowed_cidrs=settings.allowed_cidrs,
+            trusted_proxies=settings.trusted_proxies,
+            metrics=services.metrics,
+        ),
         Middleware(
             RequestContextMiddleware,
             max_requests_in_flight=settings.max_requests_in_flight,

@@ -63,10 +63,10 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings) if settings.workers == 1 else None
+        options = uvicorn_options(settings)
     except ConfigurationError as exc:
         click.echo(f"sf-receiver: {exc.detail}", err=True)
         sys.exit(2)
-    options = uvicorn_options(settings)
     if app is not None:
         from receiver.server import GracefulServer
 
@@ -82,16 +82,24 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the settings; raises ``ConfigurationError`` for unusable TLS files."""
+    from receiver.http_protocol import ConnectionLimits, bounded_protocol
+    from receiver.tls import tls_options
+
     return {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, bounded: header size and count, and deadlines for slow clients.
+        "http": bounded_protocol(ConnectionLimits.from_settings(settings)),
         "access_log": False,
         "log_config": None,
         "server_header": False,
-        "timeout_keep_alive": 15,
+        # X-Forwarded-For is read by receiver.access, from RECEIVER_TRUSTED_PROXIES only.
+        "proxy_headers": False,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+        **tls_options(settings),
     }
 
 

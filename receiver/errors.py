@@ -67,6 +67,20 @@ class PayloadTooLarge(ClientError):
     reason = "payload_too_large"
 
 
+class RequestTimeout(ClientError):
+    """The body, or the request head, did not arrive in time: a slow client must not hold the server."""
+
+    status = 408
+    reason = "request_timeout"
+
+
+class HeadersTooLarge(ClientError):
+    """Too many request headers, or too many bytes of them; refused before they are all held."""
+
+    status = 431
+    reason = "headers_too_large"
+
+
 class UnsupportedMediaType(ClientError):
     status = 415
     reason = "unsupported_media_type"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from receiver.access import parse_networks
 from receiver.errors import ConfigurationError
 from receiver.routing import Routes, describe_route_error
 
@@ -86,8 +87,25 @@ class Settings(BaseSettings):
     dedupe_ttl_s: int = Field(default=DEDUPE_MINIMUM_TTL_S, ge=DEDUPE_MINIMUM_TTL_S)
     dedupe_max_entries: int = Field(default=1_000_000, ge=1)
 
+    #: Source allow-list for /webhooks/* (receiver.access); empty: every source.
     allowed_cidrs: CommaList = []
+    #: Proxies whose X-Forwarded-For is believed, read from the right.
     trusted_proxies: CommaList = []
+    #: TLS served by uvicorn (receiver.tls); mutual TLS with ``tls_client_cert`` and a CA file.
+    tls_certfile: FilePath | None = None
+    tls_keyfile: FilePath | None = None
+    tls_ca_file: FilePath | None = None
+    tls_client_cert: Literal["none", "optional", "required"] = "none"
+    #: When set, a client certificate's subject CN or a DNS name of it must be one of these:
+    #: a public CA signs certificates for many, the CA file alone would let them all in.
+    tls_client_names: CommaList = []
+    #: Connection bounds (receiver.http_protocol): a slow or bloated request head is refused.
+    max_header_count: int = Field(default=100, ge=8, le=10_000)
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    request_head_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: The whole body must arrive within this (408), well inside Salesforce's 60 s.
+    request_timeout_s: float = Field(default=30.0, gt=0, lt=SALESFORCE_TIMEOUT_S)
+    keep_alive_timeout_s: int = Field(default=15, ge=1, le=3600)
     max_body_bytes: int = Field(default=5_242_880, ge=1024)
     max_xml_depth: int = Field(default=100, ge=8)
     max_xml_elements: int = Field(default=50_000, ge=100)
@@ -106,10 +124,40 @@ class Settings(BaseSettings):
     #: With Kafka, also send every recording to ``kafka_raw_topic`` (``salesforce.raw``).
     kafka_record_raw: bool = False
 
-    @field_validator("integrations", "allowed_cidrs", "trusted_proxies", "event_secrets", mode="before")
+    @field_validator(
+        "integrations", "allowed_cidrs", "trusted_proxies", "tls_client_names", "event_secrets", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("allowed_cidrs", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
+    # Fields are validated in order: the ones above are in ``info.data`` when they were valid.
+    @field_validator("tls_keyfile", "tls_ca_file")
+    @classmethod
+    def _needs_certificate(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("tls_certfile") is None:
+            raise ValueError("needs RECEIVER_TLS_CERTFILE as well")
+        return value
+
+    @field_validator("tls_client_cert")
+    @classmethod
+    def _needs_ca_file(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and info.data.get("tls_ca_file") is None:
+            raise ValueError("client certificates need RECEIVER_TLS_CERTFILE and RECEIVER_TLS_CA_FILE")
+        return value
+
+    @field_validator("tls_client_names")
+    @classmethod
+    def _names_need_client_certificates(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and info.data.get("tls_client_cert", "none") == "none":
+            raise ValueError("client names need RECEIVER_TLS_CLIENT_CERT optional or required")
+        return value
 
     @property
     def uses_kafka(self) -> bool:

@@ -110,7 +110,7 @@ class WebhookEndpoints:
 
     async def _read_body(self, request: Request) -> bytes:
         """The body (``limits.read_body``), kept on the request for its recording."""
-        body = await read_body(request, self.settings.max_body_bytes)
+        body = await read_body(request, self.settings.max_body_bytes, timeout_s=self.settings.request_timeout_s)
         request.state.raw_body = body
         return body
 

@@ -98,13 +98,17 @@ def kafka_settings(make_settings: SettingsFactory, kafka_bootstrap: str) -> Sett
 
 
 @asynccontextmanager
-async def live_receiver(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A real uvicorn server running the app on a free loopback port, and a client for it."""
+async def live_receiver(settings: Settings, **uvicorn_config: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A real uvicorn server running the app on a free loopback port, and a client for it.
+
+    ``uvicorn_config`` goes to ``uvicorn.Config``; ``tests.servers.receiver_server_options``
+    gives what ``sf-receiver serve`` itself uses.
+    """
     from receiver.app import create_app
     from tests.servers import run_uvicorn
 
     async with (
-        run_uvicorn(create_app(settings)) as base_url,
+        run_uvicorn(create_app(settings), **uvicorn_config) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=30) as client,
     ):
         yield client

@@ -15,12 +15,14 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from receiver.settings import Settings
+
 STARTUP_TIMEOUT_S = 10.0
 
 
 @asynccontextmanager
 async def run_uvicorn(app: ASGIApp, **config_kwargs: Any) -> AsyncIterator[str]:
-    """Serve ``app`` until the block ends; yields its base URL, ``http://127.0.0.1:PORT``.
+    """Serve ``app`` until the block ends; yields its base URL, ``http://127.0.0.1:PORT`` (https with TLS).
 
     ``config_kwargs`` go to ``uvicorn.Config`` and override the quiet test defaults. Raises
     ``RuntimeError`` when the server stops during start-up (a failing lifespan, for instance).
@@ -53,7 +55,7 @@ async def run_uvicorn(app: ASGIApp, **config_kwargs: Any) -> AsyncIterator[str]:
                     task.result()
                     raise RuntimeError("uvicorn stopped before it started serving")
                 await asyncio.sleep(0.005)
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if options.get('ssl_certfile') else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait({task})
@@ -62,3 +64,14 @@ async def run_uvicorn(app: ASGIApp, **config_kwargs: Any) -> AsyncIterator[str]:
     # Reached only when the block ended normally; a server that crashed meanwhile must not pass.
     if failure is not None:
         raise RuntimeError("uvicorn failed while serving") from failure
+
+
+def receiver_server_options(settings: Settings) -> dict[str, Any]:
+    """What ``sf-receiver serve`` gives uvicorn for ``settings`` (the bounded protocol, TLS, no
+    proxy headers), less what ``run_uvicorn`` decides itself: address, loop, logging, shutdown."""
+    from receiver.cli import uvicorn_options
+
+    options = uvicorn_options(settings)
+    for name in ("host", "port", "loop", "log_config", "access_log", "timeout_graceful_shutdown"):
+        options.pop(name, None)
+    return options

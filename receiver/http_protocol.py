@@ -1,0 +1,241 @@
+"""The HTTP/1.1 connection: uvicorn's httptools protocol, with bounds on what one client can hold.
+
+uvicorn bounds neither the size nor the number of request headers under httptools, arms its
+keep-alive timer only once a first response is sent, and cancels it on any byte received. So a
+client that connects and sends nothing, or one header byte every few seconds (slow loris),
+holds a socket and its buffers for ever, and one endless header line grows without bound.
+This subclass adds, per connection:
+
+- a head deadline: the request line and headers must be complete within
+  ``request_head_timeout_s`` of the connection opening, and within ``keep_alive_timeout_s``
+  plus that of the previous response however the client trickles bytes; past it the client
+  gets a 408 if it had started a request, and the connection is closed either way;
+- a bound on the head's size (``max_header_bytes``, request line included, counted as bytes
+  arrive, before the head is whole) and on the number of headers (``max_header_count``): 431,
+  then closed;
+- with ``tls_client_names``, the names of the client certificate: others are cut off.
+
+Deadlines on the body are the handler's (``limits.read_body``), where the route is known.
+Refusals here happen before there is a request to record; they are logged at info level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Final
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from receiver.errors import ClientError, HeadersTooLarge, RequestTimeout
+from receiver.responses import problem
+from receiver.settings import Settings
+
+logger = logging.getLogger("receiver.http")
+
+_INVALID_REQUEST: Final = "Invalid HTTP request received."
+# What a request line adds to its target (``POST `` and `` HTTP/1.1\r\n``), and a header line to
+# its name and value (``: `` and ``\r\n``): the parser hands over only the tokens.
+_REQUEST_LINE_OVERHEAD: Final = 16
+_HEADER_LINE_OVERHEAD: Final = 4
+#: How long a refused connection is still read (and discarded) after its answer.
+_LINGER_S: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one connection may hold; picklable, so that uvicorn's worker processes get it too."""
+
+    max_header_count: int = 100
+    max_header_bytes: int = 16_384
+    head_timeout_s: float = 10.0
+    keep_alive_timeout_s: float = 15.0
+    client_names: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(
+            max_header_count=settings.max_header_count,
+            max_header_bytes=settings.max_header_bytes,
+            head_timeout_s=settings.request_head_timeout_s,
+            keep_alive_timeout_s=settings.keep_alive_timeout_s,
+            client_names=frozenset(settings.tls_client_names),
+        )
+
+
+def bounded_protocol(limits: ConnectionLimits) -> Any:
+    """The value for uvicorn's ``http`` option: the protocol class with ``limits`` bound."""
+    return functools.partial(BoundedHttpToolsProtocol, limits=limits)
+
+
+class _HeadRefused(Exception):
+    """Raised inside a parser callback to stop httptools; carries the answer to give."""
+
+    def __init__(self, error: ClientError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ConnectionLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self._deadline: asyncio.TimerHandle | None = None
+        self._reading_head = False
+        self._head_bytes = 0
+        self._head_bytes_parsed = 0
+        self._header_count = 0
+        self._refused = False
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.limits.client_names and not self._client_certificate_named(transport):
+            logger.info("connection refused", extra={"reason": "client_certificate_name", "client": self.client})
+            self._refused = True
+            transport.close()
+            return
+        self._arm(self.limits.head_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's own, but a refusal raised in a callback gets its own answer rather than a 400.
+        if self._refused:
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadRefused):
+                self._refuse(exc.__context__.error)
+            else:
+                self.logger.warning(_INVALID_REQUEST)
+                self.send_400_response(_INVALID_REQUEST)
+            return
+        except httptools.HttpParserError:
+            self.logger.warning(_INVALID_REQUEST)
+            self.send_400_response(_INVALID_REQUEST)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._reading_head:
+            # The head is still incomplete, so all of this is head: httptools holds partial
+            # header lines in its own buffer, which only this count sees grow.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(self._head_too_large())
+
+    # -- parser callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_head = True
+        self._head_bytes = 0
+        self._head_bytes_parsed = 0
+        self._header_count = 0
+        if self._deadline is None:  # a pipelined request: its head gets the full deadline
+            self._arm(self.limits.head_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head_bytes(len(url) + _REQUEST_LINE_OVERHEAD)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_header_count:
+            raise _HeadRefused(HeadersTooLarge(f"more than {self.limits.max_header_count} headers"))
+        self._count_head_bytes(len(name) + len(value) + _HEADER_LINE_OVERHEAD)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Idle from now on: uvicorn's keep-alive timer closes a silent connection, this deadline
+        # one that sends bytes (which cancel that timer) without ever completing a head.
+        next_head_complete = bool(self.pipeline)
+        super().on_response_complete()
+        if not next_head_complete and self._deadline is None and not self.transport.is_closing():
+            self._arm(self.limits.keep_alive_timeout_s + self.limits.head_timeout_s)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _count_head_bytes(self, size: int) -> None:
+        # A head that arrives in one read is parsed whole before ``data_received`` can count it.
+        self._head_bytes_parsed += size
+        if self._head_bytes_parsed > self.limits.max_header_bytes:
+            raise _HeadRefused(self._head_too_large())
+
+    def _head_too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(f"request line and headers over {self.limits.max_header_bytes} bytes")
+
+    def _arm(self, delay_s: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(delay_s, self._deadline_passed)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or self._refused:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being answered; its completion arms the next deadline
+        if self._reading_head:
+            self._refuse(RequestTimeout(f"the request head did not arrive within {self.limits.head_timeout_s:g} s"))
+        else:
+            # Nothing started: an answer could be read as the answer to a request sent meanwhile.
+            self.transport.close()
+
+    def _refuse(self, error: ClientError) -> None:
+        """Answer ``error`` as problem+json and close: the rest of the connection is not read."""
+        self._refused = True
+        self._disarm()
+        logger.info("connection refused", extra={"reason": error.reason, "client": self.client})
+        response = problem(error)
+        head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n".encode()]
+        head.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers if name != b"connection")
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + response.body)
+        # Closing with unread bytes in the socket makes the kernel send a reset, which can destroy
+        # the answer before the client reads it: half-close, discard what still comes, close soon.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._deadline = self.loop.call_later(_LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _client_certificate_named(self, transport: asyncio.Transport) -> bool:
+        certificate = transport.get_extra_info("peercert")
+        if not certificate:
+            return False
+        names = {value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"}
+        names.update(value for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS")
+        return not names.isdisjoint(self.limits.client_names)
