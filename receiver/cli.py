@@ -103,11 +103,14 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def replay() -> None:
-    """Replay recorded payloads (coming in a later release)."""
-    click.echo("sf-receiver replay: not available yet in this version", err=True)
-    sys.exit(2)
+def _register_replay() -> None:
+    # Its own module: the command has many options, and serve should not import what it needs.
+    from receiver.replay_cli import replay_command
+
+    main.add_command(replay_command)
+
+
+_register_replay()
 
 
 @main.command()

@@ -27,6 +27,12 @@ TERAPI: Final = "terapi_forward"
 ENDPOINT_KINDS: Final = (OUTBOUND, EVENTS, TERAPI)
 
 
+def webhook_delivery_id(integration: str, webhook_id: str) -> str:
+    """The pipeline's ``delivery_id`` of a Standard Webhooks request: a retry of a delivery that
+    succeeded publishes nothing, whatever it holds (replay --publish keys its deliveries alike)."""
+    return f"webhook {integration} {webhook_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a payload came from: kept with it when its org is unknown and it is quarantined."""

@@ -29,7 +29,7 @@ from receiver.limits import (
     read_body,
 )
 from receiver.logs import request_id_var
-from receiver.processing import EVENTS, OUTBOUND, TERAPI, Origin, PayloadProcessor
+from receiver.processing import EVENTS, OUTBOUND, TERAPI, Origin, PayloadProcessor, webhook_delivery_id
 from receiver.recording import Outcome, RecordedRequest
 
 if TYPE_CHECKING:
@@ -160,7 +160,8 @@ class WebhookEndpoints:
                 tolerance_s=self.settings.event_timestamp_tolerance_s,
             )
             events = await self.processor.events(integration, body, header_org, received_at, _origin(request))
-            delivery = await self.services.pipeline.deliver(events, delivery_id=f"webhook {integration} {webhook_id}")
+            delivery_id = webhook_delivery_id(integration, webhook_id)
+            delivery = await self.services.pipeline.deliver(events, delivery_id=delivery_id)
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
         return await self._answer(request, EVENTS, integration, responses.problem, handle)
