@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -132,3 +133,30 @@ def test_the_guard_reports_an_event_that_breaks_the_schema(guard: SchemaGuard) -
     problems = guard.problems(broken)
     assert any(problem.startswith("data: 'received_at' is a required property") for problem in problems)
     assert any(problem.startswith("headers.ce_source:") for problem in problems)
+
+
+def documented_examples() -> dict[str, Any]:
+    """The ``data`` examples of docs/events.md, by kind (each follows an ``example:`` marker)."""
+    text = (REPO / "docs" / "events.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- example: (\w+) -->\n```json\n(.*?)\n```", text, flags=re.DOTALL)
+    return {kind: json.loads(block) for kind, block in blocks}
+
+
+def test_the_documented_examples_are_what_the_receiver_produces(guard: SchemaGuard) -> None:
+    """docs/events.md shows, for each kind, the data the builders make of examples/payloads, valid per schemas/."""
+    connection = Connection("example-contacts", "salesforce")
+    received_at = "2025-05-01T10:00:00.123Z"
+    parser = OutboundMessageParser(WsdlRegistry.load(EXAMPLE_WSDL_DIR))
+    [outbound_event, _] = outbound.to_events(
+        parser.parse(om_payloads.sample("contact_2_notifications.xml")), connection, received_at
+    )
+    built = {"outbound_message": outbound_event}
+    for name in ("platform_event_low_ink.json", "change_event_contact_update_payload.json"):
+        [message] = callbacks.parse_event_body(json.dumps(event_payloads.sample(name)).encode())
+        [event] = callbacks.to_events(message, ORG, connection, received_at)
+        built[event.kind] = event
+    examples = documented_examples()
+    assert set(examples) == set(built)
+    for kind, example in examples.items():
+        assert example == json.loads(json.dumps(built[kind].data)), kind
+        assert guard.problems(built[kind]) == []
