@@ -1,0 +1,197 @@
+"""Bounds on one connection (receiver.http_protocol), spoken to in raw HTTP on a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import orjson
+
+from receiver.app import create_app
+from receiver.settings import Settings
+from tests.conftest import SettingsFactory
+from tests.om_payloads import outbound_message
+from tests.servers import receiver_server_options, run_uvicorn
+
+OM_PATH = "/webhooks/salesforce/outbound-messages"
+SOAP = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
+HEAD_TIMEOUT_S = 1.0
+QUICK = {"request_head_timeout_s": HEAD_TIMEOUT_S, "keep_alive_timeout_s": 1, "request_timeout_s": 1.0}
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    async with run_uvicorn(create_app(settings), **receiver_server_options(settings)) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+@asynccontextmanager
+async def connection(address: tuple[str, int]) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def answer(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), timeout=timeout_s)
+
+
+def head(*headers: str, path: str = "/healthz") -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: test\r\n" + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode()
+
+
+def problem_of(raw: bytes) -> dict[str, object]:
+    document: dict[str, object] = orjson.loads(raw.partition(b"\r\n\r\n")[2])
+    return document
+
+
+async def test_a_head_over_the_byte_bound_is_431(make_settings: SettingsFactory) -> None:
+    """One header past max_header_bytes is refused with a 431 problem and the connection closed."""
+    async with served(make_settings(max_header_bytes=4096)) as address, connection(address) as (reader, writer):
+        writer.write(head(f"X-Padding: {'a' * 5000}"))
+        raw = await answer(reader)
+    assert raw.startswith(b"HTTP/1.1 431 ")
+    assert b"application/problem+json" in raw
+    assert problem_of(raw)["reason"] == "headers_too_large"
+
+
+async def test_an_endless_header_line_is_refused_before_it_ends(make_settings: SettingsFactory) -> None:
+    """A header line that never ends is refused once the bound is passed, not held in memory."""
+    async with served(make_settings(max_header_bytes=4096)) as address, connection(address) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nX-Endless: ")
+        for _ in range(8):
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        raw = await answer(reader)
+    assert raw.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_more_headers_than_the_count_bound_is_431(make_settings: SettingsFactory) -> None:
+    """max_header_count + 1 small headers are refused, however few bytes they take."""
+    async with served(make_settings(max_header_count=20)) as address, connection(address) as (reader, writer):
+        writer.write(head(*(f"X-{n}: v" for n in range(20))))
+        raw = await answer(reader)
+    assert raw.startswith(b"HTTP/1.1 431 ")
+    assert "more than 20 headers" in str(problem_of(raw)["detail"])
+
+
+async def test_a_request_inside_the_bounds_is_served(make_settings: SettingsFactory) -> None:
+    """Headers up to the count bound, and an Outbound Message, pass untouched."""
+    settings = make_settings(max_header_count=20)
+    async with served(settings) as address, httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
+        # httpx adds Host, Accept, Accept-Encoding, Connection, User-Agent and Content-Length.
+        extra = {f"X-{n}": "v" for n in range(11)}
+        response = await client.post(OM_PATH, content=outbound_message(1), headers={**SOAP, **extra})
+    assert response.status_code == 200
+
+
+async def test_a_head_that_stalls_is_408_after_the_head_deadline(make_settings: SettingsFactory) -> None:
+    """A request started but never finished gets a 408 at the head deadline, and the connection ends."""
+    async with served(make_settings(**QUICK)) as address, connection(address) as (reader, writer):
+        started = time.monotonic()
+        writer.write(b"POST /webhooks/salesforce/outbound-messages HTTP/1.1\r\nHost: te")
+        raw = await answer(reader)
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert problem_of(raw)["reason"] == "request_timeout"
+    assert HEAD_TIMEOUT_S * 0.9 < time.monotonic() - started < HEAD_TIMEOUT_S + 2
+
+
+async def test_a_silent_connection_is_closed_without_an_answer(make_settings: SettingsFactory) -> None:
+    """A connection that never sends a byte is closed at the head deadline, with nothing written."""
+    async with served(make_settings(**QUICK)) as address, connection(address) as (reader, _):
+        started = time.monotonic()
+        assert await answer(reader) == b""
+    assert time.monotonic() - started < HEAD_TIMEOUT_S + 2
+
+
+async def test_trickled_blank_lines_do_not_keep_a_connection_open(make_settings: SettingsFactory) -> None:
+    """After a response, bytes that never make a head (CRLFs) cannot outlast keep-alive plus the deadline."""
+    async with served(make_settings(**QUICK)) as address, connection(address) as (reader, writer):
+        writer.write(head())
+        first = await asyncio.wait_for(reader.readuntil(b'{"status":"ok"}'), timeout=5)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        # uvicorn's keep-alive timer alone is cancelled by every byte: this would go on for ever.
+        with contextlib.suppress(ConnectionError):
+            while not await _cut_off(reader):
+                assert time.monotonic() - started < 10, "the connection is still open"
+                writer.write(b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+    assert time.monotonic() - started < 1 + HEAD_TIMEOUT_S + 1.5
+
+
+async def _cut_off(reader: asyncio.StreamReader) -> bool:
+    """Whether the server has answered (a refusal) or closed; no request here expects more."""
+    try:
+        await asyncio.wait_for(reader.read(1), timeout=0.01)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_a_body_slower_than_the_request_timeout_is_408(make_settings: SettingsFactory) -> None:
+    """A body trickled past request_timeout_s is answered 408 without waiting for its end."""
+    async with served(make_settings(**QUICK)) as address, connection(address) as (reader, writer):
+        writer.write(
+            f"POST {OM_PATH} HTTP/1.1\r\nHost: test\r\nContent-Type: text/xml\r\nContent-Length: 1000\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        status = b""
+        while not status and time.monotonic() - started < 5:
+            writer.write(b"<")
+            await writer.drain()
+            try:
+                status = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout=0.2)
+            except TimeoutError:
+                continue
+    assert status.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 1.0 + 1.5
+
+
+async def test_slow_loris_connections_do_not_delay_normal_requests(make_settings: SettingsFactory) -> None:
+    """200 connections trickling header bytes: Outbound Messages are still acked quickly, and the
+    trickling connections are cut off at the head deadline."""
+    settings = make_settings(request_head_timeout_s=2.0)
+    async with served(settings) as address:
+        closed_after: list[float] = []
+
+        async def loris() -> None:
+            reader, writer = await asyncio.open_connection(*address)
+            started = time.monotonic()
+            try:
+                writer.write(b"POST /webhooks/salesforce/outbound-messages HTTP/1.1\r\n")
+                for byte in b"X-Slow: " + b"a" * 200:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    if await _cut_off(reader):
+                        break
+                    await asyncio.sleep(0.1)
+            except ConnectionError:
+                pass
+            finally:
+                closed_after.append(time.monotonic() - started)
+                writer.close()
+
+        lorises = [asyncio.create_task(loris()) for _ in range(200)]
+        await asyncio.sleep(0.5)  # every slow connection is open and trickling
+        latencies = []
+        async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}", timeout=10) as client:
+            for _ in range(20):
+                started = time.monotonic()
+                response = await client.post(OM_PATH, content=outbound_message(1), headers=SOAP)
+                latencies.append(time.monotonic() - started)
+                assert response.status_code == 200
+        await asyncio.wait_for(asyncio.gather(*lorises), timeout=10)
+    assert max(latencies) < 0.5, latencies
+    assert len(closed_after) == 200
+    assert max(closed_after) < 2.0 + 1.5, max(closed_after)
