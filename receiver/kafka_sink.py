@@ -37,6 +37,10 @@ logger = logging.getLogger("receiver.kafka")
 #: not hammered with connection attempts.
 _RECONNECT_BACKOFF_S = 1.0
 _READY_PROBE_TIMEOUT_S = 2.0
+#: Bound on the flush when stopping. Every Ack awaited its own records, so what a producer still
+#: holds at shutdown belongs to requests that were not acked and will be resent: a broker that
+#: does not answer must not keep the process from exiting.
+_STOP_FLUSH_TIMEOUT_S = 5.0
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:
@@ -147,13 +151,20 @@ class KafkaSink:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
             self._connecting = None
-        await self.topics.close()
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
         producer, self._producer = self._producer, None
+        # stop() flushes what a producer holds before closing; all of them at once, under one bound.
+        closing = [self.topics.close(), asyncio.gather(*self._retiring, return_exceptions=True)]
         if producer is not None:
-            # stop() flushes what is buffered before closing.
-            await producer.stop()
+            closing.append(producer.stop())
+        timeout_s = min(self._timeout_s, _STOP_FLUSH_TIMEOUT_S)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*closing)
+        except TimeoutError:
+            logger.warning(
+                "kafka did not take the last buffered records before shutdown; their requests were not acked",
+                extra={"timeout_s": timeout_s},
+            )
 
     async def publish(self, events: Sequence[CloudEvent]) -> None:
         producer = self._producer

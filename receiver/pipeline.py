@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from receiver.dedupe import Claim, DedupeStore, DedupeUnavailable
-from receiver.errors import DuplicateInFlight, Overloaded, PublishFailed
+from receiver.errors import DuplicateInFlight, Overloaded
 from receiver.event import CloudEvent
 from receiver.metrics import Metrics
 from receiver.sink import Sink
@@ -85,7 +85,9 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 await self.sink.publish(fresh)
-            except PublishFailed:
+            except BaseException:
+                # Failed, timed out, or cancelled (the shutdown deadline cancels requests still
+                # running): no Ack goes out, so a resend must find no claim, here or on a replica.
                 await self._release(fresh_keys, deduped)
                 raise
             self.metrics.publish_latency.observe(time.perf_counter() - started)
