@@ -40,6 +40,8 @@ logger = logging.getLogger("receiver.recording")
 
 RECORDINGS_DIR: Final = "recordings"
 _FAILURE_LOG_INTERVAL_S: Final = 60.0
+#: How long a written batch may wait for more lines; a crash loses at most this much more.
+DEFAULT_LINGER_S: Final = 0.05
 
 
 class RecordingFailed(ReceiverError):
@@ -149,13 +151,16 @@ class RawTopicOutlet:
 class _Channel:
     """The bounded queue of one outlet and the task that drains it."""
 
-    def __init__(self, outlet: RecordingOutlet, max_queued_bytes: int, recorder: Recorder) -> None:
+    def __init__(self, outlet: RecordingOutlet, max_queued_bytes: int, linger_s: float, recorder: Recorder) -> None:
         self.outlet = outlet
         self.max_queued_bytes = max_queued_bytes
         self.recorder = recorder
         self.lines: deque[bytes] = deque()
         self.queued_bytes = 0
+        self.linger_s = linger_s
         self.wake = asyncio.Event()
+        #: Set when the batch should not wait for the linger: half the queue used, or stopping.
+        self.urgent = asyncio.Event()
         self.closing = False
         self.task: asyncio.Task[None] | None = None
 
@@ -165,12 +170,22 @@ class _Channel:
         self.lines.append(line)
         self.queued_bytes += len(line)
         self.wake.set()
+        if self.queued_bytes * 2 >= self.max_queued_bytes:
+            self.urgent.set()
         return True
 
     async def drain(self) -> None:
         while True:
             await self.wake.wait()
+            if not self.closing:
+                # Let a batch gather: one thread hop and one write per linger, not one per request.
+                try:
+                    async with asyncio.timeout(self.linger_s):
+                        await self.urgent.wait()
+                except TimeoutError:
+                    pass
             self.wake.clear()
+            self.urgent.clear()
             while self.lines:
                 batch = list(self.lines)
                 self.lines.clear()
@@ -189,8 +204,16 @@ class _Channel:
 class Recorder:
     """Takes one line per request on the request path; outlets write them in the background."""
 
-    def __init__(self, outlets: Sequence[RecordingOutlet], metrics: Metrics, *, max_queued_bytes: int) -> None:
+    def __init__(
+        self,
+        outlets: Sequence[RecordingOutlet],
+        metrics: Metrics,
+        *,
+        max_queued_bytes: int,
+        linger_s: float = DEFAULT_LINGER_S,
+    ) -> None:
         self.outlets = list(outlets)
+        self._linger_s = linger_s
         self.metrics = metrics
         self._channels: list[_Channel] = []
         self._max_queued_bytes = max_queued_bytes
@@ -203,7 +226,7 @@ class Recorder:
         return bool(self.outlets)
 
     async def start(self) -> None:
-        self._channels = [_Channel(outlet, self._max_queued_bytes, self) for outlet in self.outlets]
+        self._channels = [_Channel(outlet, self._max_queued_bytes, self._linger_s, self) for outlet in self.outlets]
         for channel in self._channels:
             await channel.outlet.start()
             channel.task = asyncio.create_task(channel.drain(), name=f"recording-{channel.outlet.name}")
@@ -214,6 +237,7 @@ class Recorder:
         for channel in channels:
             channel.closing = True
             channel.wake.set()
+            channel.urgent.set()
         for channel in channels:
             if channel.task is not None:
                 await channel.task
