@@ -29,7 +29,7 @@ from receiver.outbound import OutboundMessageParser
 from receiver.pipeline import Pipeline
 from receiver.quarantine import Quarantine
 from receiver.recording import Recorder, build_recorder
-from receiver.routing import build_router
+from receiver.router import build_router
 from receiver.settings import Settings
 from receiver.sink import Sink, build_sink
 from receiver.webhooks import WebhookEndpoints

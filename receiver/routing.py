@@ -1,4 +1,4 @@
-"""Routing rules: which Kafka topics an event goes to.
+"""Routing rules: the ``[[routes]]`` tables of the configuration, and their validation.
 
 Operators list ``[[routes]]`` tables in the TOML configuration. Each rule has conditions (all
 must hold; a list means "any of these") and one or more topic templates; the first rule that
@@ -11,44 +11,37 @@ matches wins and the event goes to every topic it names. An event no rule matche
     object = ["Account", "Contact"]
     topics = ["salesforce.cdc.{object}"]
 
-Rules are validated once, when the settings load (pydantic, so an error names ``routes[N]``),
-and compiled once into a ``Router``. The router runs per event on the hot path: globs are
-precompiled regexes, and the topics chosen for one (kind, org, object, connection, change
-type) are cached in a bounded dict, so a steady stream costs one tuple and one dict lookup.
+Rules are validated once, when the settings load (pydantic, so an error names ``routes[N]``):
+unknown placeholders or conditions, empty or illegal topics, and rules that can never win are
+refused. ``receiver.router`` compiles them into the per-event router.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fnmatch import translate
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from receiver.change_events import ChangeType, change_event_channel
+from receiver.change_events import ChangeType
 from receiver.errors import InvalidMessage
-from receiver.event import CHANGE_EVENT, KINDS, PLATFORM_EVENT, CloudEvent
 from receiver.ids import normalize_org_id
 
 if TYPE_CHECKING:
     from receiver.settings import Settings
 
 __all__ = [
+    "ALL_KINDS",
     "PLACEHOLDERS",
     "RouteRule",
-    "Router",
     "Routes",
-    "build_router",
     "describe_route_error",
     "static_topics",
 ]
-
-logger = logging.getLogger("receiver.routing")
 
 Kind = Literal["outbound_message", "platform_event", "change_event"]
 ALL_KINDS: Final = frozenset(get_args(Kind))
@@ -58,11 +51,8 @@ PLACEHOLDERS: Final = ("kind", "object", "org", "integration", "connection", "ch
 #: Kafka's rules for topic names (``kafka.common.internals.Topic``).
 MAX_TOPIC_LENGTH: Final = 249
 _LEGAL_TOPIC: Final = re.compile(r"[a-zA-Z0-9._-]+")
-_ILLEGAL_TOPIC_CHARACTERS: Final = re.compile(r"[^a-zA-Z0-9._-]")
+ILLEGAL_TOPIC_CHARACTERS: Final = re.compile(r"[^a-zA-Z0-9._-]")
 _GLOB_CHARACTERS: Final = frozenset("*?[")
-#: Distinct (kind, org, object, connection, change type) combinations remembered; a real
-#: deployment has far fewer, and past the bound the oldest entry is dropped.
-CACHE_SIZE: Final = 8192
 
 StringOrList = str | list[str]
 
@@ -118,7 +108,7 @@ class RouteRule(BaseModel):
             return None
         upper = [value.strip().upper() for value in values]
         for pattern in upper:
-            if not _expand_change_types([pattern]):
+            if not expand_change_types([pattern]):
                 raise ValueError(f"change_type {pattern!r} is none of {', '.join(sorted(CHANGE_TYPES))}")
         return upper
 
@@ -126,7 +116,7 @@ class RouteRule(BaseModel):
     @classmethod
     def _topic_templates(cls, topics: list[str]) -> list[str]:
         for topic in topics:
-            _parse_template(topic)
+            parse_template(topic)
         return topics
 
     @model_validator(mode="after")
@@ -153,11 +143,14 @@ class RouteRule(BaseModel):
 
 
 def _placeholders(template: str) -> list[str]:
-    return [name for _, name in _parse_template(template) if name is not None]
+    return [name for _, name in parse_template(template) if name is not None]
 
 
-def _parse_template(template: str) -> list[tuple[str, str | None]]:
-    """A topic template as (literal, placeholder) pairs; raises ``ValueError`` naming the problem."""
+def parse_template(template: str) -> list[tuple[str, str | None]]:
+    """A topic template as (literal, placeholder) pairs.
+
+    Raises ``ValueError`` naming the problem: empty, unknown placeholder, illegal literal text.
+    """
     if not template.strip():
         raise ValueError("a topic is empty")
     try:
@@ -182,7 +175,8 @@ def _parse_template(template: str) -> list[tuple[str, str | None]]:
     return parts
 
 
-def _expand_change_types(patterns: Sequence[str]) -> frozenset[str]:
+def expand_change_types(patterns: Sequence[str]) -> frozenset[str]:
+    """The change types the globs ``patterns`` match."""
     return frozenset(kind for kind in CHANGE_TYPES if any(_glob(pattern).fullmatch(kind) for pattern in patterns))
 
 
@@ -190,7 +184,8 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(translate(pattern), re.IGNORECASE)
 
 
-def _globs(patterns: Sequence[str] | None) -> re.Pattern[str] | None:
+def compile_globs(patterns: Sequence[str] | None) -> re.Pattern[str] | None:
+    """One case-insensitive regex matching any of the globs; None for no condition."""
     if patterns is None:
         return None
     return re.compile("|".join(f"(?:{translate(pattern)})" for pattern in patterns), re.IGNORECASE)
@@ -199,13 +194,13 @@ def _globs(patterns: Sequence[str] | None) -> re.Pattern[str] | None:
 # --- reachability -------------------------------------------------------------------------
 
 
-def _covers_globs(earlier: Sequence[str] | None, later: Sequence[str] | None) -> bool:
+def _coverscompile_globs(earlier: Sequence[str] | None, later: Sequence[str] | None) -> bool:
     """True when every value ``later`` matches is matched by ``earlier`` (never a false yes)."""
     if earlier is None:
         return True
     if later is None:
         return False
-    regex = _globs(earlier)
+    regex = compile_globs(earlier)
     assert regex is not None
     lowered = {pattern.lower() for pattern in earlier}
     for pattern in later:
@@ -230,11 +225,11 @@ def _shadows(earlier: RouteRule, later: RouteRule) -> bool:
     if earlier.change_type is not None:
         if later.change_type is None:
             return False
-        if not _expand_change_types(later.change_type) <= _expand_change_types(earlier.change_type):
+        if not expand_change_types(later.change_type) <= expand_change_types(earlier.change_type):
             return False
     return (
-        _covers_globs(earlier.object, later.object)
-        and _covers_globs(earlier.channel, later.channel)
+        _coverscompile_globs(earlier.object, later.object)
+        and _coverscompile_globs(earlier.channel, later.channel)
         and _covers_values(earlier.org, later.org)
         and _covers_values(earlier.integration, later.integration)
     )
@@ -274,148 +269,6 @@ def describe_route_error(error: ErrorDetails) -> str:
     if message.startswith("routes["):
         return message  # a cross-rule error already names its rules
     return f"{where}: {message}"
-
-
-# --- the compiled router ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Template:
-    parts: tuple[tuple[str, str | None], ...]
-
-    def render(self, values: dict[str, str]) -> str:
-        rendered = "".join(
-            literal + ("" if name is None else _ILLEGAL_TOPIC_CHARACTERS.sub("_", values[name]))
-            for literal, name in self.parts
-        )
-        return rendered[:MAX_TOPIC_LENGTH]
-
-
-@dataclass(frozen=True, slots=True)
-class _CompiledRule:
-    label: str
-    types: frozenset[str] | None
-    orgs: frozenset[str] | None
-    integrations: frozenset[str] | None
-    objects: re.Pattern[str] | None
-    channels: re.Pattern[str] | None
-    change_types: frozenset[str] | None
-    templates: tuple[_Template, ...]
-
-    def matches(self, event: CloudEvent, change_type: str | None) -> bool:
-        if self.types is not None and event.type not in self.types:
-            return False
-        if self.orgs is not None and event.organization_id not in self.orgs:
-            return False
-        if self.integrations is not None and event.connection.integration not in self.integrations:
-            return False
-        if self.objects is not None and (event.object is None or not self.objects.fullmatch(event.object)):
-            return False
-        if self.channels is not None:
-            channel = _channel(event)
-            if channel is None or not self.channels.fullmatch(channel):
-                return False
-        return self.change_types is None or change_type in self.change_types
-
-
-def _channel(event: CloudEvent) -> str | None:
-    if event.type == PLATFORM_EVENT:
-        section = event.data.get("platform_event")
-        channel = section.get("channel") if isinstance(section, dict) else None
-        return channel if isinstance(channel, str) else None
-    if event.type == CHANGE_EVENT and event.object is not None:
-        return change_event_channel(event.object)
-    return None
-
-
-def _change_type(event: CloudEvent) -> str | None:
-    if event.type != CHANGE_EVENT:
-        return None
-    section = event.data.get("change_event")
-    value = section.get("change_type") if isinstance(section, dict) else None
-    return value if isinstance(value, str) else None
-
-
-_TYPE_OF_KIND: Final = {kind: event_type for event_type, kind in KINDS.items()}
-assert set(_TYPE_OF_KIND) == ALL_KINDS
-
-
-def _compile(rule: RouteRule, index: int) -> _CompiledRule:
-    kinds = rule.possible_kinds()
-    return _CompiledRule(
-        label=rule.label(index),
-        types=None if kinds == ALL_KINDS else frozenset(_TYPE_OF_KIND[kind] for kind in kinds),
-        orgs=None if rule.org is None else frozenset(rule.org),
-        integrations=None if rule.integration is None else frozenset(rule.integration),
-        objects=_globs(rule.object),
-        channels=_globs(rule.channel),
-        change_types=None if rule.change_type is None else _expand_change_types(rule.change_type),
-        templates=tuple(_Template(tuple(_parse_template(topic))) for topic in rule.topics),
-    )
-
-
-class Router:
-    """``TopicRouter``: the topics of one event, by the first rule that matches it."""
-
-    __slots__ = ("_cache", "_default", "_rules", "default_topic")
-
-    def __init__(self, rules: Sequence[RouteRule], default_topic: str) -> None:
-        self.default_topic = default_topic
-        self._default: tuple[str, ...] = (default_topic,)
-        self._rules = tuple(_compile(rule, index) for index, rule in enumerate(rules))
-        self._cache: dict[tuple[str | None, ...], tuple[str, ...]] = {}
-
-    def __call__(self, event: CloudEvent) -> Sequence[str]:
-        if not self._rules:
-            return self._default
-        change_type = _change_type(event) if event.type == CHANGE_EVENT else None
-        connection = event.connection
-        key = (
-            event.type,
-            event.organization_id,
-            event.object,
-            connection.integration,
-            connection.connection_id,
-            change_type,
-        )
-        topics = self._cache.get(key)
-        if topics is None:
-            topics = self._route(event, change_type)
-            if len(self._cache) >= CACHE_SIZE:
-                del self._cache[next(iter(self._cache))]
-            self._cache[key] = topics
-        return topics
-
-    def _route(self, event: CloudEvent, change_type: str | None) -> tuple[str, ...]:
-        for rule in self._rules:
-            if rule.matches(event, change_type):
-                return self._render(rule, event, change_type)
-        return self._default
-
-    def _render(self, rule: _CompiledRule, event: CloudEvent, change_type: str | None) -> tuple[str, ...]:
-        values = {
-            "kind": event.kind,
-            "object": event.object or "",
-            "org": event.organization_id,
-            "integration": event.connection.integration,
-            "connection": event.connection.connection_id,
-            "change_type": change_type or "",
-        }
-        topics: list[str] = []
-        for template in rule.templates:
-            topic = template.render(values)
-            if topic in ("", ".", ".."):
-                # Only an event without an object can get here; it must still go somewhere.
-                logger.warning("route renders no topic name; using the default topic", extra={"route": rule.label})
-                topic = self.default_topic
-            if topic not in topics:
-                topics.append(topic)
-        return tuple(topics)
-
-
-def build_router(settings: Settings) -> Router:
-    """The router of the configured ``routes`` (already validated when the settings loaded)."""
-    return Router(settings.routes, settings.kafka_topic)
 
 
 def static_topics(settings: Settings) -> list[str]:

@@ -11,7 +11,8 @@ import pytest
 from receiver.change_events import change_event_channel
 from receiver.errors import ConfigurationError
 from receiver.event import CloudEvent, Connection
-from receiver.routing import CACHE_SIZE, MAX_TOPIC_LENGTH, Router, build_router, static_topics
+from receiver.router import CACHE_SIZE, Router, build_router
+from receiver.routing import MAX_TOPIC_LENGTH, static_topics
 from receiver.settings import Settings, load_settings
 from tests import event_payloads, om_payloads
 from tests.conftest import EXAMPLE_WSDL_DIR
