@@ -338,3 +338,88 @@ def test_arbitrary_bytes_give_messages_or_invalid_message(body: bytes) -> None:
     except InvalidMessage:
         return
     assert all(isinstance(message, EventMessage) for message in messages)
+
+
+# Values of every JSON type, strings included that look like ids, dates and channels.
+any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    | st.sampled_from(["/event/A__e", "/data/AccountChangeEvent", ORG, ORG_15, "001ak00000IiFInAAN", "2024-01-01"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=20,
+)
+HEADER_FIELDS = list(cdc_payload()["ChangeEventHeader"])
+
+
+def events_of(body: bytes, header_org: str | None) -> list[object] | InvalidMessage:
+    """The whole path after authentication: parse, the org of each message, then its CloudEvents."""
+    from receiver.callbacks import to_events
+    from receiver.event import Connection
+
+    connection = Connection("acme-prod", "salesforce")
+    try:
+        events: list[object] = []
+        for message in parse_event_body(body, max_depth=16):
+            org_id = message_org_id(message, header_org)
+            events.extend(to_events(message, org_id, connection, "2024-01-01T00:00:00Z"))
+        return events
+    except InvalidMessage as error:
+        return error
+
+
+@given(
+    st.sampled_from([PLATFORM_SAMPLE, CDC_SAMPLE, b"[" + PLATFORM_SAMPLE + b"," + CDC_SAMPLE + b"]"]),
+    st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.binary(max_size=6), st.integers(0, 6)), max_size=5),
+    st.sampled_from([ORG, ORG_15, None, "00Dgarbage", ""]),
+)
+def test_mutated_samples_end_in_events_or_invalid_message(
+    body: bytes, edits: list[tuple[float, bytes, int]], header_org: str | None
+) -> None:
+    """Real bodies with bytes replaced, inserted or cut end in CloudEvents or an InvalidMessage."""
+    for where, insert, cut in edits:
+        at = int(where * len(body))
+        body = body[:at] + insert + body[at + cut :]
+    assert isinstance(events_of(body, header_org), list | InvalidMessage)
+
+
+@given(
+    st.one_of(st.sampled_from(["/event/Low_Ink__e", "/data/ContactChangeEvent", "/event/", "/data/"]), any_json),
+    st.dictionaries(st.sampled_from(["replayId", "EventUuid"]), any_json, max_size=2),
+    st.dictionaries(st.sampled_from(HEADER_FIELDS), any_json, max_size=4),
+    st.dictionaries(st.sampled_from(["CreatedDate", "CreatedById", "Name"]), any_json, max_size=2),
+    st.one_of(st.none(), any_json),
+)
+def test_messages_with_any_field_values_end_in_events_or_invalid_message(
+    channel: object,
+    event: dict[str, object],
+    header_changes: dict[str, object],
+    fields: dict[str, object],
+    organization_id: object,
+) -> None:
+    """Every field of a message set to a value of any type ends in CloudEvents or an InvalidMessage."""
+    payload = {**cdc_payload(**header_changes), **fields} if header_changes else fields
+    message: dict[str, object] = {"channel": channel, "data": {"schema": "s", "payload": payload, "event": event}}
+    if organization_id is not None:
+        message["organizationId"] = organization_id
+    # json, not orjson: integers past 64 bits are valid JSON that a sender may well send.
+    assert isinstance(events_of(json.dumps(message).encode(), ORG), list | InvalidMessage)
+
+
+@given(
+    st.binary(max_size=300)
+    | st.dictionaries(
+        st.sampled_from(["from", "type", "connectionId", "providerConfigKey", "payload"]), any_json, max_size=5
+    ).map(lambda value: json.dumps(value).encode())
+)
+def test_arbitrary_terapi_forwards_give_a_forward_or_invalid_message(body: bytes) -> None:
+    """A /webhooks/terapi body of any bytes or any field values parses or is an InvalidMessage."""
+    from receiver.callbacks import TerapiForward
+
+    try:
+        forward = parse_terapi_forward(body, max_depth=16)
+    except InvalidMessage:
+        return
+    assert isinstance(forward, TerapiForward)

@@ -483,3 +483,41 @@ def test_mutated_samples_give_a_message_or_invalid_message(name: str, edits: lis
         at = int(where * len(body))
         body = body[:at] + insert + body[at + cut :]
     assert isinstance(_outcome(body), OutboundMessage | InvalidMessage)
+
+
+# Text of any characters XML can carry, escaped as a sender must.
+xml_text = st.text(st.characters(blacklist_categories=["Cs", "Cc"]) | st.sampled_from("\t\n<>&'\""), max_size=40).map(
+    lambda text: text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+)
+typed_values = st.one_of(
+    xml_text, st.sampled_from(["", "1e400", "NaN", "-0", "true", "2024-02-30T25:00:00Z", "2024-01-01T00:00:00Z"])
+)
+TYPED_FIELDS = ("Discount__c", "IsDeleted", "CreatedDate", "LastModifiedDate", "ContractTerm__c", "Id", "Name")
+HEADER_NAMES = ("OrganizationId", "ActionId", "EnterpriseUrl", "PartnerUrl")
+any_fields = st.lists(
+    st.tuples(st.sampled_from(TYPED_FIELDS), typed_values, st.booleans()), max_size=6, unique_by=lambda field: field[0]
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    any_fields,
+    st.sampled_from(["DiscountRule__c", "Account", "Contact", "x", "sf:", "1Bad"]),
+    st.just({}) | st.dictionaries(st.sampled_from(HEADER_NAMES), xml_text),
+)
+def test_messages_with_any_field_values_end_in_events_or_invalid_message(
+    fields: list[tuple[str, str, bool]], object_name: str, header_values: dict[str, str]
+) -> None:
+    """Typed and untyped fields, object names and header values of any text: events or InvalidMessage."""
+    field_xml = "".join(
+        f'<sf:{name} xsi:nil="true"/>' if nil else f"<sf:{name}>{value}</sf:{name}>" for name, value, nil in fields
+    )
+    body = message(notification(fields=field_xml, object_name=object_name))
+    for name, value in header_values.items():
+        start, end = body.index(f"<{name}>".encode()), body.index(f"</{name}>".encode())
+        body = body[: start + len(name) + 2] + value.encode() + body[end:]
+    try:
+        events = to_events(TYPED.parse(body), CONNECTION, RECEIVED_AT)
+    except InvalidMessage:
+        return
+    assert all(event.source == f"/salesforce/orgs/{ORG}" for event in events)
