@@ -36,10 +36,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_KINDS",
+    "ILLEGAL_TOPIC_CHARACTERS",
+    "MAX_TOPIC_LENGTH",
     "PLACEHOLDERS",
     "RouteRule",
     "Routes",
+    "compile_globs",
     "describe_route_error",
+    "expand_change_types",
+    "parse_template",
     "static_topics",
 ]
 
@@ -53,8 +58,6 @@ MAX_TOPIC_LENGTH: Final = 249
 _LEGAL_TOPIC: Final = re.compile(r"[a-zA-Z0-9._-]+")
 ILLEGAL_TOPIC_CHARACTERS: Final = re.compile(r"[^a-zA-Z0-9._-]")
 _GLOB_CHARACTERS: Final = frozenset("*?[")
-
-StringOrList = str | list[str]
 
 
 def _as_list(value: Any) -> Any:
