@@ -17,7 +17,8 @@ import secrets
 import string
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -133,6 +134,17 @@ class SalesforceSender:
         """Stop after the requests under way; what is not acked stays in ``unacked``."""
         self._stopping = True
         self._idle.set()
+
+    @asynccontextmanager
+    async def in_background(self) -> AsyncIterator[asyncio.Task[SenderReport]]:
+        """``run`` as a task for the block; should the block fail, the sender stops with it."""
+        task = asyncio.create_task(self.run())
+        try:
+            yield task
+        finally:
+            if not task.done():
+                self.stop()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def run(self) -> SenderReport:
         started = time.monotonic()

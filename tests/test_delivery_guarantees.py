@@ -76,29 +76,29 @@ async def test_broker_killed_and_restarted_mid_load_loses_no_acked_notification(
     options = SenderOptions(concurrency=8, rate_per_s=40, resend_acked_ratio=0.1, deadline_s=50)
     async with live_receiver(settings) as client:
         sender = SalesforceSender([str(client.base_url)], messages, options)
-        sending = asyncio.create_task(sender.run())
+        async with sender.in_background() as sending:
 
-        async def some_acked() -> bool:
-            return len(sender.acked) >= 300
+            async def some_acked() -> bool:
+                return len(sender.acked) >= 300
 
-        await eventually(some_acked, timeout_s=20, what="300 notifications acked before the kill")
-        try:
-            kill_kafka()
-            killed = time.monotonic()
-            await eventually(readiness_is(client, 503), timeout_s=10, what="/readyz 503 with the broker killed")
-            acked_while_down = len(sender.acked)
-            await asyncio.sleep(2)
-        finally:
-            restarting = time.monotonic()
-            await asyncio.to_thread(start_kafka)
-        broker_back = time.monotonic()
-        ready_after_s = await eventually(readiness_is(client, 200), timeout_s=30, what="/readyz 200 again")
+            await eventually(some_acked, timeout_s=20, what="300 notifications acked before the kill")
+            try:
+                kill_kafka()
+                killed = time.monotonic()
+                await eventually(readiness_is(client, 503), timeout_s=10, what="/readyz 503 with the broker killed")
+                acked_while_down = len(sender.acked)
+                await asyncio.sleep(2)
+            finally:
+                restarting = time.monotonic()
+                await asyncio.to_thread(start_kafka)
+            broker_back = time.monotonic()
+            ready_after_s = await eventually(readiness_is(client, 200), timeout_s=30, what="/readyz 200 again")
 
-        async def acking_again() -> bool:
-            return len(sender.acked) > acked_while_down
+            async def acking_again() -> bool:
+                return len(sender.acked) > acked_while_down
 
-        acking_after_s = await eventually(acking_again, timeout_s=30, what="Acks again after the restart")
-        report = await sending
+            acking_after_s = await eventually(acking_again, timeout_s=30, what="Acks again after the restart")
+            report = await sending
         recreated = metric((await client.get("/metrics")).text, "receiver_sink_recreated_total")
     # The figures the report quotes, shown with pytest -s.
     print(
@@ -172,23 +172,23 @@ async def test_redis_stopped_mid_load_keeps_the_service_answering(
     options = SenderOptions(concurrency=6, rate_per_s=50, resend_acked_ratio=0.1, deadline_s=40)
     async with live_receiver(settings) as client:
         sender = SalesforceSender([str(client.base_url)], messages, options)
-        sending = asyncio.create_task(sender.run())
+        async with sender.in_background() as sending:
 
-        async def some_acked() -> bool:
-            return len(sender.acked) >= 250
+            async def some_acked() -> bool:
+                return len(sender.acked) >= 250
 
-        await eventually(some_acked, timeout_s=20, what="250 notifications acked before Redis stops")
-        try:
-            await asyncio.to_thread(stop_redis)
-            acked_at_stop = len(sender.acked)
+            await eventually(some_acked, timeout_s=20, what="250 notifications acked before Redis stops")
+            try:
+                await asyncio.to_thread(stop_redis)
+                acked_at_stop = len(sender.acked)
 
-            async def acked_without_redis() -> bool:
-                return len(sender.acked) >= acked_at_stop + 250
+                async def acked_without_redis() -> bool:
+                    return len(sender.acked) >= acked_at_stop + 250
 
-            await eventually(acked_without_redis, timeout_s=20, what="250 more notifications acked without Redis")
-        finally:
-            await asyncio.to_thread(start_redis)
-        report = await sending
+                await eventually(acked_without_redis, timeout_s=20, what="250 more notifications acked without Redis")
+            finally:
+                await asyncio.to_thread(start_redis)
+            report = await sending
         metrics = (await client.get("/metrics")).text
         # Redis is back: a resend is a duplicate again (the client reconnects by itself).
         probe = fresh_messages(1, 1)[0]
@@ -345,18 +345,18 @@ async def test_sigterm_mid_load_exits_0_in_time_and_loses_no_acked_notification(
     options = SenderOptions(concurrency=16, rate_per_s=100, resend_acked_ratio=0.1, deadline_s=30)
     async with running_receiver(settings, tmp_path) as receiver:
         sender = SalesforceSender([receiver.base_url], messages, options)
-        sending = asyncio.create_task(sender.run())
+        async with sender.in_background() as sending:
 
-        async def some_acked() -> bool:
-            return len(sender.acked) >= 400
+            async def some_acked() -> bool:
+                return len(sender.acked) >= 400
 
-        await eventually(some_acked, timeout_s=20, what="400 notifications acked before SIGTERM")
-        receiver.terminate()
-        signalled = time.monotonic()
-        status = await receiver.wait(SHUTDOWN_TIMEOUT_S + SHUTDOWN_MARGIN_S)
-        exit_s = time.monotonic() - signalled
-        sender.stop()
-        report = await sending
+            await eventually(some_acked, timeout_s=20, what="400 notifications acked before SIGTERM")
+            receiver.terminate()
+            signalled = time.monotonic()
+            status = await receiver.wait(SHUTDOWN_TIMEOUT_S + SHUTDOWN_MARGIN_S)
+            exit_s = time.monotonic() - signalled
+            sender.stop()
+            report = await sending
     print(f"\nSIGTERM: exit {status} after {exit_s:.2f} s; answers {dict(report.answers)}")
     assert status == 0, receiver.log()
     assert report.not_acks == 0
