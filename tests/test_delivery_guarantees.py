@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,8 +20,9 @@ import pytest
 
 from tests.broker import kafka_paused, kill_kafka, start_kafka, start_redis, stop_redis
 from tests.conftest import EXAMPLE_ORG_MAP, EXAMPLE_WSDL_DIR, SettingsFactory, live_receiver
+from tests.flood import flood
 from tests.kafka_helpers import read_topic, unique_topic
-from tests.processes import ReceiverProcess, running_receiver
+from tests.processes import running_receiver
 from tests.salesforce_sender import (
     OM_PATH,
     SOAP_HEADERS,
@@ -208,37 +208,6 @@ async def test_redis_stopped_mid_load_keeps_the_service_answering(
     assert all_ids(messages) <= in_kafka
 
 
-@dataclass(frozen=True, slots=True)
-class RawAnswer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-async def post_raw(port: int, body: bytes) -> RawAnswer | None:
-    """One POST on a connection of its own, much lighter than httpx; None when the connection failed."""
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return None
-    try:
-        head = (
-            f"POST {OM_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: text/xml; charset=utf-8\r\n"
-            f'SOAPAction: ""\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n'
-        )
-        writer.write(head.encode() + body)
-        await writer.drain()
-        answer = await reader.read()
-    except OSError:
-        return None
-    finally:
-        writer.close()
-    header_block, _, content = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = header_block.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in header_lines)}
-    return RawAnswer(int(status_line.split()[1]), headers, content)
-
-
 FLOOD_REQUESTS = 5000
 FLOOD_CONNECTIONS = 1000
 #: Notifications per flooding message, about 4 KB of SOAP each (the accepted ones cost the time).
@@ -248,42 +217,6 @@ FLOOD_NOTIFICATIONS = 10
 #: flight (50), plus about 280 bytes per in-memory dedupe entry (capped at 10,000 here).
 FLOOD_RSS_BOUND_BYTES = 160 * 1024 * 1024
 MIB = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Flood:
-    answers: list[RawAnswer | None]
-    peak_rss_bytes: int
-    elapsed_s: float
-
-    def with_status(self, status: int) -> list[RawAnswer]:
-        return [answer for answer in self.answers if answer is not None and answer.status == status]
-
-
-async def flood(receiver: ReceiverProcess, messages: list[Message]) -> Flood:
-    """Every message at once on FLOOD_CONNECTIONS connections, sampling the receiver's RSS meanwhile."""
-    port = int(receiver.base_url.rsplit(":", 1)[1])
-    gate = asyncio.Semaphore(FLOOD_CONNECTIONS)
-    peak = receiver.rss_bytes()
-    done = asyncio.Event()
-
-    async def sample_rss() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, receiver.rss_bytes())
-            await asyncio.sleep(0.01)
-
-    async def send(body: bytes) -> RawAnswer | None:
-        async with gate:
-            return await post_raw(port, body)
-
-    sampler = asyncio.create_task(sample_rss())
-    started = time.monotonic()
-    answers = await asyncio.gather(*(send(message.body) for message in messages))
-    elapsed = time.monotonic() - started
-    done.set()
-    await sampler
-    return Flood(list(answers), peak, elapsed)
 
 
 @pytest.mark.kafka
@@ -296,8 +229,8 @@ async def test_flood_past_the_in_flight_limit_gets_503s_and_memory_stays_bounded
     messages = fresh_messages(2 * FLOOD_REQUESTS, FLOOD_NOTIFICATIONS)
     async with running_receiver(settings, tmp_path) as receiver:
         idle_rss = receiver.rss_bytes()
-        first = await flood(receiver, messages[:FLOOD_REQUESTS])
-        second = await flood(receiver, messages[FLOOD_REQUESTS:])
+        first = await flood(receiver, messages[:FLOOD_REQUESTS], connections=FLOOD_CONNECTIONS)
+        second = await flood(receiver, messages[FLOOD_REQUESTS:], connections=FLOOD_CONNECTIONS)
         print(
             f"\nflood: {first.elapsed_s:.1f} s and {second.elapsed_s:.1f} s, "
             f"answers {dict(Counter(a.status if a else None for a in first.answers + second.answers))}, "
