@@ -102,6 +102,9 @@ class RecordingSink:
     def __init__(self) -> None:
         self.published: list[CloudEvent] = []
         self.failing = False
+        #: When set, publish waits for it: a broker that does not answer.
+        self.stall: asyncio.Event | None = None
+        self.publishing = asyncio.Event()
 
     async def start(self) -> None:
         return None
@@ -110,6 +113,9 @@ class RecordingSink:
         return None
 
     async def publish(self, events: Sequence[CloudEvent]) -> None:
+        self.publishing.set()
+        if self.stall is not None:
+            await self.stall.wait()
         if self.failing:
             raise PublishFailed("the test told the sink to fail")
         self.published.extend(events)
@@ -462,6 +468,22 @@ async def test_failed_publish_releases_claim_so_resend_is_published(make_store: 
     with pytest.raises(PublishFailed):
         await pipeline.deliver([event])
     sink.failing = False
+    assert await pipeline.deliver([event]) == Delivery(accepted=1, duplicates=0)
+    assert sink.published == [event]
+
+
+async def test_cancelled_publish_releases_claim_so_resend_is_published(make_store: StoreFactory) -> None:
+    """A publish cancelled mid-way (the shutdown deadline) releases its claim: the resend is published."""
+    sink = RecordingSink()
+    pipeline = Pipeline(sink, await make_store(), Metrics(), max_events_in_flight=100)
+    event = outbound_event(f"04l5g{uuid.uuid4().hex[:13]}")
+    sink.stall = asyncio.Event()
+    stuck = asyncio.create_task(pipeline.deliver([event]))
+    await sink.publishing.wait()
+    stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    sink.stall = None
     assert await pipeline.deliver([event]) == Delivery(accepted=1, duplicates=0)
     assert sink.published == [event]
 
