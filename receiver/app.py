@@ -175,7 +175,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
             RequestContextMiddleware,
             max_requests_in_flight=settings.max_requests_in_flight,
             metrics=services.metrics,
-        )
+            max_body_bytes=settings.max_body_bytes,
+            max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
+        ),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.services = services
