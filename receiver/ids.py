@@ -16,16 +16,26 @@ _ID_PATTERN = re.compile(r"[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?")
 ORG_ID_PREFIX = "00D"
 
 
+# The checksum runs twice per notification (its id and its record's), so it is table-driven:
+# translate maps each character to "1" (upper-case letter) or "0", and each 5-character run of
+# those digits names its suffix letter directly (bit j of the chunk is character j).
+_CASE_BITS = str.maketrans({chr(code): "1" if "A" <= chr(code) <= "Z" else "0" for code in range(128)})
+_SUFFIX_OF_BITS = {
+    "".join("1" if value >> bit & 1 else "0" for bit in range(5)): letter for value, letter in enumerate(_SUFFIX)
+}
+
+
 def checksum(id15: str) -> str:
-    """The 3-character case checksum of a 15-character id."""
-    suffix = []
-    for start in (0, 5, 10):
-        bits = 0
-        for offset, char in enumerate(id15[start : start + 5]):
-            if "A" <= char <= "Z":
-                bits |= 1 << offset
-        suffix.append(_SUFFIX[bits])
-    return "".join(suffix)
+    """The 3-character case checksum of a 15-character id (alphanumeric ASCII, as ids are)."""
+    bits = id15.translate(_CASE_BITS)
+    try:
+        return _SUFFIX_OF_BITS[bits[0:5]] + _SUFFIX_OF_BITS[bits[5:10]] + _SUFFIX_OF_BITS[bits[10:15]]
+    except KeyError:
+        # Not ASCII: compute it character by character (such an id is refused anyway).
+        return "".join(
+            _SUFFIX[sum(1 << offset for offset, char in enumerate(id15[start : start + 5]) if "A" <= char <= "Z")]
+            for start in (0, 5, 10)
+        )
 
 
 def normalize_id(value: str, *, what: str = "id") -> str:

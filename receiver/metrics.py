@@ -8,10 +8,43 @@ registry, passed to them by the app factory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+#: Label combinations remembered per metric; past it (hostile label values) lookups go the slow way.
+_MAX_REMEMBERED_CHILDREN = 1024
+
+
+class _RememberedLabels:
+    """``labels(...)`` that remembers its children: prometheus_client validates the values and
+    takes a lock on every call (about a microsecond), and the request path calls it several
+    times per request and once per published event. A dict lookup is all a known child costs."""
+
+    _remembered: dict[tuple[Any, ...], Any]
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+        try:
+            return self._remembered[labelvalues]
+        except AttributeError:
+            self._remembered = {}
+        except KeyError:
+            pass
+        child = super().labels(*labelvalues)  # type: ignore[misc]
+        if len(self._remembered) < _MAX_REMEMBERED_CHILDREN:
+            self._remembered[labelvalues] = child
+        return child
+
+
+class _Counter(_RememberedLabels, Counter):
+    pass
+
+
+class _Histogram(_RememberedLabels, Histogram):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +73,7 @@ class Metrics:
 
         set_metric(
             "messages_received",
-            Counter(
+            _Counter(
                 "receiver_messages_received",
                 "Requests received, by endpoint kind",
                 ["kind", "integration"],
@@ -49,7 +82,7 @@ class Metrics:
         )
         set_metric(
             "notifications_received",
-            Counter(
+            _Counter(
                 "receiver_notifications_received",
                 "Notifications and events parsed from requests",
                 ["kind"],
@@ -58,11 +91,11 @@ class Metrics:
         )
         set_metric(
             "events_published",
-            Counter("receiver_events_published", "Events the sink confirmed", ["kind"], registry=registry),
+            _Counter("receiver_events_published", "Events the sink confirmed", ["kind"], registry=registry),
         )
         set_metric(
             "duplicates",
-            Counter(
+            _Counter(
                 "receiver_duplicates",
                 "Events not published again because they already were",
                 ["kind"],
@@ -71,7 +104,7 @@ class Metrics:
         )
         set_metric(
             "rejected",
-            Counter(
+            _Counter(
                 "receiver_requests_rejected",
                 "Requests answered with an error, by reason",
                 ["kind", "status", "reason"],
@@ -89,7 +122,7 @@ class Metrics:
         )
         set_metric(
             "request_latency",
-            Histogram(
+            _Histogram(
                 "receiver_request_seconds",
                 "Time to answer a webhook request",
                 ["kind"],
@@ -99,7 +132,7 @@ class Metrics:
         )
         set_metric(
             "quarantined",
-            Counter(
+            _Counter(
                 "receiver_quarantined",
                 "Authenticated payloads sent to quarantine, by reason",
                 ["reason"],
@@ -108,7 +141,7 @@ class Metrics:
         )
         set_metric(
             "quarantine_dropped",
-            Counter(
+            _Counter(
                 "receiver_quarantine_dropped",
                 "Payloads not quarantined because of the rate or size bound",
                 ["reason"],
@@ -122,7 +155,7 @@ class Metrics:
         set_metric("in_flight_events", Gauge("receiver_in_flight_events", "Events being published", registry=registry))
         set_metric(
             "dedupe_unavailable",
-            Counter(
+            _Counter(
                 "receiver_dedupe_unavailable",
                 "Events accepted without dedupe because the store failed",
                 registry=registry,
@@ -134,7 +167,7 @@ class Metrics:
         )
         set_metric(
             "sink_recreated",
-            Counter(
+            _Counter(
                 "receiver_sink_recreated",
                 "Kafka producers thrown away and built again after a fault",
                 registry=registry,

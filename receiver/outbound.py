@@ -238,8 +238,22 @@ class OutboundMessageParser:
         )
 
     def _read_notification(self, item: etree._Element) -> Notification:
-        notification_id = _single_child(item, _NOTIFICATION_ID, "Notification Id", missing_reason="missing_field")
-        sobject = _single_child(item, _SOBJECT, "sObject", missing_reason="missing_field")
+        # One pass finds both in the common case; otherwise _single_child names what is wrong,
+        # in the same order as always (the Id first).
+        notification_id = sobject = None
+        ids = sobjects = 0
+        for child in item:
+            tag = child.tag
+            if tag == _NOTIFICATION_ID:
+                notification_id = child
+                ids += 1
+            elif tag == _SOBJECT:
+                sobject = child
+                sobjects += 1
+        if ids != 1 or notification_id is None:
+            notification_id = _single_child(item, _NOTIFICATION_ID, "Notification Id", missing_reason="missing_field")
+        if sobjects != 1 or sobject is None:
+            sobject = _single_child(item, _SOBJECT, "sObject", missing_reason="missing_field")
         object_name = _object_name(sobject)
         record_id, fields = self._read_fields(sobject, object_name)
         return Notification(
@@ -380,7 +394,13 @@ def _missing(parent: etree._Element, local_name: str, label: str) -> InvalidMess
 
 
 def _checked_url(element: etree._Element, name: str, organization_id: str) -> str:
-    url = _text(element).strip()
+    return _checked_url_text(_text(element).strip(), name, organization_id)
+
+
+# An org's URLs are the same in every message it sends: check each once. Only successes are
+# cached (an error propagates), so hostile values cannot fill the cache with failures.
+@lru_cache(maxsize=4096)
+def _checked_url_text(url: str, name: str, organization_id: str) -> str:
     match = _URL_ORG_ID.search(url)
     if match is None:
         raise InvalidMessage(f"{name} does not end with an organization id", reason="org_mismatch")
