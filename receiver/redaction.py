@@ -18,6 +18,9 @@ _LEFTOVER = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?SessionId\b[^>]*(?<!/)>")
 UNREDACTABLE = b"<!-- body withheld: its SessionId could not be redacted -->"
 _NIL_SESSION = rb'<\g<prefix>SessionId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:nil="true"/>'
 _NIL_SESSION_NO_PREFIX = b'<SessionId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:nil="true"/>'
+_NIL_SESSION_TAIL = b'SessionId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:nil="true"/>'
+# The parser accepts UTF-16 and UTF-32, where the name has NUL bytes between its letters.
+_WIDE_NAME = re.compile(b"\x00{1,3}".join(re.escape(bytes([letter])) for letter in b"SessionId"))
 
 #: Headers worth keeping for a replay or an investigation; everything else is dropped.
 RECORDED_HEADERS = frozenset(
@@ -36,7 +39,14 @@ RECORDED_HEADERS = frozenset(
 
 
 def redact_session_id(body: bytes) -> bytes:
-    """The body with every SessionId element replaced by a nil one."""
+    """The body with every SessionId element replaced by a nil one.
+
+    ``UNREDACTABLE`` instead when that cannot be done with certainty: a body in UTF-16 or UTF-32,
+    or with the name left anywhere but in a nil element (markup the pattern cannot follow, an
+    encoding that hides ``<`` such as UTF-7's ``+ADw-``, or a field merely named after it).
+    """
+    if _WIDE_NAME.search(body) is not None:
+        return UNREDACTABLE
     if b"SessionId" not in body:
         return body
 
@@ -47,7 +57,7 @@ def redact_session_id(body: bytes) -> bytes:
         return _NIL_SESSION_NO_PREFIX
 
     redacted = _SESSION_ID.sub(replace, body)
-    if _LEFTOVER.search(redacted) is not None:
+    if _LEFTOVER.search(redacted) is not None or redacted.count(b"SessionId") > redacted.count(_NIL_SESSION_TAIL):
         return UNREDACTABLE
     return redacted
 

@@ -1,0 +1,45 @@
+"""SessionId redaction on raw bytes: what is replaced, and what is withheld whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from receiver.redaction import UNREDACTABLE, redact_session_id
+from tests.om_payloads import SESSION_ID, outbound_message
+
+BODY = outbound_message(1)
+
+
+def test_a_session_id_becomes_a_nil_element() -> None:
+    """The usual UTF-8 message keeps everything but the SessionId's value."""
+    redacted = redact_session_id(BODY)
+    assert SESSION_ID.encode() not in redacted
+    assert b'<SessionId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:nil="true"/>' in redacted
+    assert redacted.startswith(BODY.split(b"<SessionId>")[0])
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32", "utf-32-le"])
+def test_a_message_in_a_wide_encoding_is_withheld(codec: str) -> None:
+    """The parser accepts UTF-16 and UTF-32, where the byte patterns cannot see the element."""
+    body = BODY.decode().replace('encoding="UTF-8"', f'encoding="{codec.upper()}"').encode(codec)
+    assert redact_session_id(body) == UNREDACTABLE
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        BODY.replace(b"<SessionId>", b"+ADw-SessionId+AD4-").replace(b"</SessionId>", b"+ADw-/SessionId+AD4-"),
+        BODY.replace(b"<SessionId>", b"<SessionId><![CDATA[<").replace(b"</SessionId>", b"]]></SessionId>"),
+        BODY.replace(b"<sf:LastName>", b"<sf:SessionId__c>x</sf:SessionId__c><sf:LastName>"),
+    ],
+    ids=["utf-7-hidden-tags", "cdata", "field-named-after-it"],
+)
+def test_a_name_left_outside_a_nil_element_withholds_the_body(body: bytes) -> None:
+    """Markup the pattern cannot follow, or the name anywhere else, withholds the body rather than guess."""
+    assert redact_session_id(body) == UNREDACTABLE
+
+
+def test_a_body_without_the_name_is_kept_as_is() -> None:
+    """Bytes that do not name a SessionId in any encoding are returned untouched."""
+    body = outbound_message(1).replace(b"<SessionId>", b"<Other>").replace(b"</SessionId>", b"</Other>")
+    assert redact_session_id(body) is body
