@@ -119,7 +119,8 @@ class SourceAccessMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not (self.allowed or self.trusted):
+            # Nothing configured (the default): no address to parse on every request.
             await self.app(scope, receive, send)
             return
         peer_host = scope["client"][0] if scope.get("client") else None

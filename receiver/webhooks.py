@@ -98,7 +98,8 @@ class WebhookEndpoints:
                 received_at=received_at,
                 kind=kind,
                 integration=integration,
-                path=request.url.path,
+                # The scope's path is what request.url.path holds, without building a URL per request.
+                path=request.scope["path"],
                 headers=request.headers,
                 # Requests refused before their body was read (token, size) are recorded without it.
                 body=getattr(request.state, "raw_body", None),
@@ -198,4 +199,4 @@ class WebhookEndpoints:
 
 def _origin(request: Request) -> Origin:
     """What the quarantine keeps of the request besides its body (redacted there)."""
-    return Origin(path=request.url.path, headers=request.headers)
+    return Origin(path=request.scope["path"], headers=request.headers)
