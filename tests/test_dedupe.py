@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -300,6 +301,28 @@ async def test_memory_store_evicts_oldest_beyond_max_entries() -> None:
     assert len(store) == 2
     assert await store.claim([middle, newest]) == [Claim.IN_FLIGHT, Claim.IN_FLIGHT]
     assert await store.claim([oldest]) == [Claim.NEW]
+
+
+async def test_memory_store_keeps_the_newest_keys_past_the_bound() -> None:
+    """Past max_entries the oldest keys go (a chunk at a time) and the newest stay duplicates."""
+    store = MemoryDedupeStore(claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, max_entries=160)
+    keys = unique_keys(400)
+    for start in range(0, 400, 40):
+        await store.claim(keys[start : start + 40])
+        await store.commit(keys[start : start + 40])
+    assert len(store) <= 160
+    assert await store.claim(keys[-140:]) == [Claim.DUPLICATE] * 140
+    assert await store.claim(keys[:1]) == [Claim.NEW]
+
+
+async def test_memory_store_is_invisible_to_the_garbage_collector() -> None:
+    """A million entries must not be traversed by every full collection: the map stays untracked."""
+    store = MemoryDedupeStore(claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, max_entries=100)
+    keys = unique_keys(10)
+    await store.claim(keys)
+    await store.commit(keys[:5])
+    await store.release(keys[5:])
+    assert not gc.is_tracked(store._entries)
 
 
 # --- Redis store -----------------------------------------------------------------------------
