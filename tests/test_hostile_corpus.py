@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLE_ORG_MAP, EXAMPLE_WSDL_DIR
+from tests.conftest import EXAMPLE_ORG_MAP, EXAMPLE_WSDL_DIR, SettingsFactory, live_receiver
 from tests.event_payloads import SECRET, TERAPI_SECRET, signed_headers, terapi_headers
 from tests.om_payloads import outbound_message
 from tests.processes import ReceiverProcess, running_receiver
@@ -208,3 +208,16 @@ async def test_a_flood_of_large_bodies_is_shed_and_memory_stays_bounded(
         peak = peak_rss_bytes(receiver)
     assert set(statuses) == {403, 503}
     assert peak < FLOOD_RSS_BOUND_BYTES, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+async def test_made_up_integrations_add_no_metric_series(make_settings: SettingsFactory) -> None:
+    """Names in the {integration} segment that are not served count under one label, 'unknown'."""
+    async with live_receiver(make_settings()) as client:
+        before = len((await client.get("/metrics")).text)
+        for number in range(50):
+            response = await client.post(f"/webhooks/made-up-{number:04d}-{'x' * 200}/events", content=b"{}")
+            assert response.status_code == 404
+        metrics = (await client.get("/metrics")).text
+    assert "made-up" not in metrics
+    assert len(metrics) < before + 2000
+    assert 'receiver_messages_received_total{integration="unknown",kind="event"} 50.0' in metrics
