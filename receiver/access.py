@@ -17,13 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.errors import Forbidden
 from receiver.metrics import Metrics
 from receiver.responses import problem, soap_fault
+
+if TYPE_CHECKING:
+    # settings imports this module (parse_networks), and recording imports settings.
+    from receiver.recording import Recorder
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -105,18 +109,25 @@ class SourceAccessMiddleware:
     """Pure ASGI: sets the real client address, and answers 403 to webhooks from outside the allow-list.
 
     The 403 is a SOAP Fault on Outbound Message paths and problem+json elsewhere, like every
-    other refusal. The request is neither read nor recorded: it is counted in
+    other refusal. The request is not read: it is recorded without its body and counted in
     ``receiver_requests_rejected{reason="source_not_allowed"}``.
     """
 
     def __init__(
-        self, app: ASGIApp, *, allowed_cidrs: Sequence[str], trusted_proxies: Sequence[str], metrics: Metrics
+        self,
+        app: ASGIApp,
+        *,
+        allowed_cidrs: Sequence[str],
+        trusted_proxies: Sequence[str],
+        metrics: Metrics,
+        recorder: Recorder | None = None,
     ) -> None:
         """Raises ``ValueError`` for an unparsable network (the settings have checked them already)."""
         self.app = app
         self.allowed = parse_networks(allowed_cidrs)
         self.trusted = parse_networks(trusted_proxies)
         self.metrics = metrics
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not (self.allowed or self.trusted):
@@ -134,6 +145,10 @@ class SourceAccessMiddleware:
         if self.allowed and path.startswith(_GUARDED_PREFIX) and not self._is_allowed(client):
             error = Forbidden("the source address is not allowed", reason="source_not_allowed")
             self.metrics.rejected.labels("request", "403", error.reason).inc()
+            if self.recorder is not None:
+                from receiver.recording import Outcome, refused_by_middleware  # see TYPE_CHECKING above
+
+                self.recorder.record(refused_by_middleware(scope, Outcome(403, error.reason), request_id=None))
             response = soap_fault(error) if path.endswith("/outbound-messages") else problem(error)
             await response(scope, receive, send)
             return

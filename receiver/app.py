@@ -170,6 +170,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
             allowed_cidrs=settings.allowed_cidrs,
             trusted_proxies=settings.trusted_proxies,
             metrics=services.metrics,
+            recorder=services.recorder,
         ),
         Middleware(
             RequestContextMiddleware,
@@ -177,6 +178,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
             metrics=services.metrics,
             max_body_bytes=settings.max_body_bytes,
             max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
+            recorder=services.recorder,
         ),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

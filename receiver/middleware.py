@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from receiver.errors import Overloaded
 from receiver.logs import request_id_var
 from receiver.metrics import Metrics
+from receiver.recording import Outcome, Recorder, refused_by_middleware
 from receiver.responses import problem, soap_fault
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -35,6 +36,7 @@ class RequestContextMiddleware:
         metrics: Metrics,
         max_body_bytes: int | None = None,
         max_body_bytes_in_flight: int | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.app = app
         self.max_requests_in_flight = max_requests_in_flight
@@ -43,6 +45,7 @@ class RequestContextMiddleware:
         self.max_body_bytes_in_flight = max_body_bytes_in_flight
         self.in_flight = 0
         self.body_bytes_in_flight = 0
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,6 +69,8 @@ class RequestContextMiddleware:
             error = self._overload(reserved)
             if error is not None:
                 self.metrics.rejected.labels("request", "503", error.reason).inc()
+                if self.recorder is not None:
+                    self.recorder.record(refused_by_middleware(scope, Outcome(503, error.reason), request_id))
                 response = soap_fault(error) if path.endswith("/outbound-messages") else problem(error)
                 await response(scope, receive, send_with_id)
                 return

@@ -29,8 +29,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import orjson
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from receiver.errors import ReceiverError
+from receiver.event import utc_now_iso
 from receiver.metrics import Metrics
 from receiver.redaction import recorded_headers, redact_session_id
 from receiver.settings import Settings
@@ -75,6 +78,32 @@ class RecordedRequest:
     remote_addr: str | None
     outcome: Outcome
     request_id: str | None = None
+
+
+def refused_by_middleware(scope: Scope, outcome: Outcome, request_id: str | None) -> RecordedRequest:
+    """A webhook request answered before any handler ran (source not allowed, overload).
+
+    Its body was never read, so it is recorded without one; kind and integration come from the path.
+    """
+    parts = scope["path"].strip("/").split("/")
+    if parts[1:] == ["terapi"]:
+        kind, integration = "terapi_forward", "terapi"
+    else:
+        endpoint = parts[2] if len(parts) > 2 else ""
+        kind = {"outbound-messages": "outbound_message", "events": "event"}.get(endpoint, "unknown")
+        integration = parts[1] if len(parts) > 1 else ""
+    client = scope.get("client")
+    return RecordedRequest(
+        received_at=utc_now_iso(),
+        kind=kind,
+        integration=integration,
+        path=scope["path"],
+        headers=Headers(scope=scope),
+        body=None,
+        remote_addr=client[0] if client else None,
+        outcome=outcome,
+        request_id=request_id,
+    )
 
 
 def to_line(entry: RecordedRequest) -> bytes:

@@ -194,4 +194,7 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_is_checked_and_record
     assert spoofed.status_code == 403
     recordings = sorted((settings.data_dir / "recordings").glob("*.jsonl"))
     lines = [json.loads(line) for path in recordings for line in path.read_text().splitlines()]
-    assert [line["remote_addr"] for line in lines] == ["203.0.113.9"]
+    assert [(line["remote_addr"], line["outcome"]["status"]) for line in lines] == [
+        ("203.0.113.9", 200),
+        ("198.51.100.1", 403),
+    ]

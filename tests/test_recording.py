@@ -113,6 +113,26 @@ async def test_request_refused_before_its_body_is_read_is_recorded_without_body(
     assert line["body"] is None
 
 
+async def test_requests_refused_by_middleware_are_recorded(make_settings: SettingsFactory) -> None:
+    """A source outside the allow-list (403) and an overload (503) are recorded, without body."""
+    settings = make_settings(allowed_cidrs="10.0.0.0/8")
+    async with live_receiver(settings) as client:
+        response = await client.post(OM_PATH, content=outbound_message(1), headers=SOAP)
+    assert response.status_code == 403
+    overloaded = make_settings(max_requests_in_flight=1, data_dir=settings.data_dir.parent / "overloaded")
+    async with live_receiver(overloaded) as client:
+        responses = await asyncio.gather(
+            *(client.post(OM_PATH, content=outbound_message(50, start=100 * i), headers=SOAP) for i in range(8))
+        )
+    assert 503 in {r.status_code for r in responses}
+    [refused] = recordings(settings)
+    assert refused["outcome"] == {"status": 403, "reason": "source_not_allowed"}
+    assert refused["kind"] == "outbound_message" and refused["integration"] == "salesforce"
+    assert refused["body"] is None
+    shed = [line for line in recordings(overloaded) if line["outcome"]["status"] == 503]
+    assert shed and all(line["outcome"]["reason"] == "overloaded" and line["body"] is None for line in shed)
+
+
 async def test_no_secret_token_or_session_id_reaches_a_recording(make_settings: SettingsFactory) -> None:
     """SessionId, OM token, whsec secret, terapi secret and signatures appear in no recording byte."""
     settings = make_settings(
