@@ -117,7 +117,7 @@ def run_target(target: str, topic: str, options: Options, work: Path) -> dict[st
     with running(spec, work / f"{target}-server.log") as server:
         start = asyncio.run(partition_offsets(options.kafka_bootstrap, topic, end=False))
         for phase in plan(options):
-            result = run_phase(phase, server.url, event_secret=EVENT_SECRET, log_dir=work)
+            result = run_phase(phase, server.url, server_pid=server.pid, event_secret=EVENT_SECRET, log_dir=work)
             results.append(result)
             print(f"   {describe(result)}", flush=True)
             if phase.fixed_rate and result.requests_per_s < SATURATED_SHARE * phase.rate:
@@ -150,7 +150,7 @@ def profile(server: RunningServer, options: Options, target: str, work: Path) ->
     for phase in phases:
         folded = RESULTS / profile_file(target, phase)
         with profiling.recording(server.pid, folded, duration_s=phase.duration_s + 1):
-            results.append(run_phase(phase, server.url, event_secret=EVENT_SECRET, log_dir=work))
+            results.append(run_phase(phase, server.url, server_pid=server.pid, event_secret=EVENT_SECRET, log_dir=work))
         profiling.flame_graph(folded, folded.with_suffix(".svg"), title=f"{target}: {phase.name}")
         print(f"   {describe(results[-1])} (profiled: {folded.with_suffix('.svg').name})", flush=True)
     return results
@@ -160,6 +160,9 @@ def describe(result: PhaseResult) -> str:
     text = f"{result.phase.name:18} {result.requests_per_s:9.1f} req/s"
     if result.phase.notifications > 1:
         text += f" {result.notifications_per_s:9.0f} notifications/s"
+    per_request = result.cpu_us_per_request(result.server_cpu_s)
+    if per_request is not None:
+        text += f"  cpu {per_request:7.0f} us/req"
     if result.phase.fixed_rate:
         latency = result.scheduled_ms
         text += f"  p50 {latency.get('p50')} ms  p99 {latency.get('p99')} ms  p99.9 {latency.get('p99.9')} ms"
@@ -181,6 +184,10 @@ def figures(
         "p99_ms": headline.scheduled_ms.get("p99") if headline else None,
         "p99_9_ms": headline.scheduled_ms.get("p99.9") if headline else None,
         "p99_service_ms": headline.service_ms.get("p99") if headline else None,
+        # CPU time of the server (all workers) per acked request or notification: steadier than
+        # throughput on a shared machine, and what throughput per core follows from.
+        "cpu_us_per_request": by_name["saturation-om1"].cpu_us_per_request(by_name["saturation-om1"].server_cpu_s),
+        "cpu_us_per_notification": _per_notification(by_name["saturation-om100"]),
         "lost": verification["lost"],
         "refused": sum(result.refused for result in results),
         "verification": {**verification, "records_in_topic": records},
@@ -191,6 +198,11 @@ def figures(
     return document
 
 
+def _per_notification(result: PhaseResult) -> float | None:
+    per_request = result.cpu_us_per_request(result.server_cpu_s)
+    return None if per_request is None else round(per_request / result.phase.notifications, 1)
+
+
 def ratios(ours: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
     def ratio(name: str) -> float | None:
         mine, theirs = ours.get(name), baseline.get(name)
@@ -198,7 +210,15 @@ def ratios(ours: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | 
             return None
         return round(mine / theirs, 2)
 
-    return {name: ratio(name) for name in ("requests_per_s", "notifications_per_s", "events_per_s", "p99_ms")}
+    names = (
+        "requests_per_s",
+        "notifications_per_s",
+        "events_per_s",
+        "p99_ms",
+        "cpu_us_per_request",
+        "cpu_us_per_notification",
+    )
+    return {name: ratio(name) for name in names}
 
 
 def settings_of(options: Options) -> dict[str, Any]:

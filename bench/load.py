@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import cpu
 from receiver.ids import checksum
 
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
@@ -58,6 +59,8 @@ class PhaseResult:
     service_ms: dict[str, float | None]
     scheduled_ms: dict[str, float | None]
     threads: list[dict[str, Any]] = field(repr=False)
+    server_cpu_s: float = 0.0
+    broker_cpu_s: float = 0.0
 
     @property
     def requests_per_s(self) -> float:
@@ -66,6 +69,9 @@ class PhaseResult:
     @property
     def notifications_per_s(self) -> float:
         return self.requests_per_s * self.phase.notifications
+
+    def cpu_us_per_request(self, seconds: float) -> float | None:
+        return round(seconds / self.acked * 1e6, 1) if self.acked else None
 
     def acked_ids(self) -> Iterator[str]:
         """Every notification or event id that was answered with a 2xx, as the topic holds it."""
@@ -100,11 +106,16 @@ class PhaseResult:
             "notifications_per_s": round(self.notifications_per_s, 1),
             "latency_service_ms": self.service_ms,
             "latency_scheduled_ms": self.scheduled_ms,
+            "server_cpu_s": round(self.server_cpu_s, 2),
+            "broker_cpu_s": round(self.broker_cpu_s, 2),
+            "server_cpu_us_per_request": self.cpu_us_per_request(self.server_cpu_s),
+            "broker_cpu_us_per_request": self.cpu_us_per_request(self.broker_cpu_s),
         }
 
 
-def run_phase(phase: Phase, url: str, *, event_secret: str, log_dir: Path) -> PhaseResult:
-    """Run wrk for one phase; raises ``RuntimeError`` when wrk fails or prints no result."""
+def run_phase(phase: Phase, url: str, *, server_pid: int, event_secret: str, log_dir: Path) -> PhaseResult:
+    """Run wrk for one phase, measuring the CPU time the server (every worker) and the broker
+    spent meanwhile; raises ``RuntimeError`` when wrk fails or prints no result."""
     script = "events.lua" if phase.kind == "events" else "outbound.lua"
     env = {
         **os.environ,
@@ -124,14 +135,22 @@ def run_phase(phase: Phase, url: str, *, event_secret: str, log_dir: Path) -> Ph
         str(WRK_DIR / script),
         url,
     ]
+    broker = cpu.broker_pid()
+    server_before = cpu.tree_cpu_s(server_pid)
+    broker_before = cpu.tree_cpu_s(broker) if broker else 0.0
     completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    server_cpu_s = cpu.tree_cpu_s(server_pid) - server_before
+    broker_cpu_s = cpu.tree_cpu_s(broker) - broker_before if broker else 0.0
     (log_dir / f"wrk-{phase.name}.txt").write_text(completed.stdout + completed.stderr)
     line = next((row for row in completed.stdout.splitlines() if row.startswith(RESULT_PREFIX)), None)
     if completed.returncode != 0 or line is None:
         raise RuntimeError(
             f"wrk failed in phase {phase.name} (status {completed.returncode}): {completed.stderr[-500:]}"
         )
-    return parse_result(phase, json.loads(line[len(RESULT_PREFIX) :]))
+    result = parse_result(phase, json.loads(line[len(RESULT_PREFIX) :]))
+    result.server_cpu_s = server_cpu_s
+    result.broker_cpu_s = broker_cpu_s
+    return result
 
 
 def _percentiles(names: list[float], values: list[float | None]) -> dict[str, float | None]:

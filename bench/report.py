@@ -13,6 +13,8 @@ _ROWS = (
     ("p50_ms", "p50 ms at {rate} requests/s", "{:.1f}"),
     ("p99_ms", "p99 ms at {rate} requests/s", "{:.1f}"),
     ("p99_9_ms", "p99.9 ms at {rate} requests/s", "{:.1f}"),
+    ("cpu_us_per_request", "server CPU us per 1-notification request", "{:,.0f}"),
+    ("cpu_us_per_notification", "server CPU us per notification (100 per request)", "{:,.1f}"),
     ("lost", "lost (acked, not in the topic)", "{:d}"),
 )
 

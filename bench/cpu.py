@@ -1,0 +1,56 @@
+"""CPU time spent by a process and its children, from /proc: the figure that noise does not move.
+
+Throughput on a shared 2-core machine swings with whatever else runs; the CPU seconds a server
+spends per request hardly do. Each phase records the server's (all worker processes) and the
+broker's CPU time, so a result says what one request costs and who pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+BROKER_PID_FILE = Path(__file__).resolve().parent.parent / ".cache" / "kafka" / "kafka.pid"
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text()
+            found.extend(int(child) for child in text.split())
+    except OSError:
+        return found
+    return found
+
+
+def _own_cpu_s(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    fields = stat.rpartition(")")[2].split()
+    user_ticks, system_ticks = int(fields[11]), int(fields[12])
+    return (user_ticks + system_ticks) / _TICKS_PER_S
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        total += _own_cpu_s(current)
+        pending.extend(_children(current))
+    return total
+
+
+def broker_pid() -> int | None:
+    """The broker scripts/services started, when its pid file names a live process."""
+    try:
+        pid = int(BROKER_PID_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
