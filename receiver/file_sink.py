@@ -22,6 +22,14 @@ EVENTS_FILE = "events.jsonl"
 QUARANTINE_FILE = "quarantine.jsonl"
 
 
+def write_fully(descriptor: int, data: bytes) -> None:
+    """Write all of ``data``: ``os.write`` may write less than it is given."""
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
 class _GroupCommitFile:
     """An append-only file where concurrent appends are written and fsynced together."""
 
@@ -62,10 +70,7 @@ class _GroupCommitFile:
 
     def _write(self, data: bytes) -> None:
         assert self._descriptor is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._descriptor, view)
-            view = view[written:]
+        write_fully(self._descriptor, data)
         os.fsync(self._descriptor)
 
     async def close(self) -> None:

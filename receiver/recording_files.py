@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
+from receiver.file_sink import write_fully
 from receiver.recording import RecordingFailed
 
 logger = logging.getLogger("receiver.recording")
@@ -187,10 +188,7 @@ class DailyRecordingFiles:
 
     def _append(self, data: bytes) -> None:
         assert self._descriptor is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._descriptor, view)
-            view = view[written:]
+        write_fully(self._descriptor, data)
         self._size += len(data)
 
     def _close_current(self) -> list[Path]:

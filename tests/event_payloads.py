@@ -74,3 +74,24 @@ def change_event(
             "event": {"replayId": 6},
         },
     }
+
+
+def platform_message(**event: Any) -> dict[str, Any]:
+    """A minimal platform event message; ``event`` is its ``data.event`` (replayId, EventUuid)."""
+    return {"channel": "/event/Low_Ink__e", "data": {"schema": "s1", "payload": {"Serial__c": "1"}, "event": event}}
+
+
+def cdc_payload(**header: Any) -> dict[str, Any]:
+    """A bare CDC payload on Account; ``header`` overrides fields of its ChangeEventHeader."""
+    base = {
+        "entityName": "Account",
+        "changeType": "UPDATE",
+        "recordIds": ["001ak00000IiFInAAN"],
+        "changedFields": ["Name"],
+        "transactionKey": "tx-1",
+        "sequenceNumber": 3,
+        "commitTimestamp": 1745500706000,
+        "commitNumber": 42,
+        "commitUser": "005ak00000EpjsfAAB",
+    }
+    return {"Name": "Acme", "ChangeEventHeader": {**base, **header}}

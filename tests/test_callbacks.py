@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from receiver.callbacks import message_org_id, parse_event_body, parse_terapi_forward
 from receiver.change_events import EventMessage
 from receiver.errors import InvalidMessage
+from tests.event_payloads import cdc_payload, platform_message
 
 DATA = Path(__file__).resolve().parent / "data" / "events"
 PLATFORM_SAMPLE = (DATA / "platform_event_low_ink.json").read_bytes()
@@ -37,25 +38,6 @@ def reason_of_parsing(body: bytes, **bounds: int) -> str:
     with pytest.raises(InvalidMessage) as excinfo:
         parse_event_body(body, **bounds)
     return excinfo.value.reason
-
-
-def platform_message(**event: Any) -> dict[str, Any]:
-    return {"channel": "/event/Low_Ink__e", "data": {"schema": "s1", "payload": {"Serial__c": "1"}, "event": event}}
-
-
-def cdc_payload(**header: Any) -> dict[str, Any]:
-    base = {
-        "entityName": "Account",
-        "changeType": "UPDATE",
-        "recordIds": ["001ak00000IiFInAAN"],
-        "changedFields": ["Name"],
-        "transactionKey": "tx-1",
-        "sequenceNumber": 3,
-        "commitTimestamp": 1745500706000,
-        "commitNumber": 42,
-        "commitUser": "005ak00000EpjsfAAB",
-    }
-    return {"Name": "Acme", "ChangeEventHeader": {**base, **header}}
 
 
 # --- parsing -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from receiver.callbacks import parse_event_body
 from receiver.change_events import to_events
 from receiver.errors import InvalidMessage
 from receiver.event import CHANGE_EVENT, PLATFORM_EVENT, CloudEvent, Connection
+from tests.event_payloads import cdc_payload, platform_message
 
 DATA = Path(__file__).resolve().parent / "data" / "events"
 PLATFORM_SAMPLE = (DATA / "platform_event_low_ink.json").read_bytes()
@@ -30,25 +31,6 @@ def dumps(value: Any) -> bytes:
 
 def events_of(body: bytes) -> list[CloudEvent]:
     return [event for message in parse_event_body(body) for event in to_events(message, ORG, CONNECTION, RECEIVED_AT)]
-
-
-def platform_message(**event: Any) -> dict[str, Any]:
-    return {"channel": "/event/Low_Ink__e", "data": {"schema": "s1", "payload": {"Serial__c": "1"}, "event": event}}
-
-
-def cdc_payload(**header: Any) -> dict[str, Any]:
-    base = {
-        "entityName": "Account",
-        "changeType": "UPDATE",
-        "recordIds": ["001ak00000IiFInAAN"],
-        "changedFields": ["Name"],
-        "transactionKey": "tx-1",
-        "sequenceNumber": 3,
-        "commitTimestamp": 1745500706000,
-        "commitNumber": 42,
-        "commitUser": "005ak00000EpjsfAAB",
-    }
-    return {"Name": "Acme", "ChangeEventHeader": {**base, **header}}
 
 
 # --- platform events -----------------------------------------------------------------------
