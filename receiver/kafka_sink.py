@@ -64,6 +64,35 @@ def producer_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+async def _all_confirmed(futures: list[asyncio.Future[Any]]) -> None:
+    """Return once the broker confirmed every record; raise the first record's error otherwise.
+
+    One awaited future per message rather than one per record: records sent together share
+    produce requests and are resolved together, so once the last one is confirmed the others
+    almost always are too, and gather's callback and wake-up per record is saved. Every
+    record's outcome is still checked before the Ack.
+    """
+    if not futures:
+        return
+    try:
+        await futures[-1]
+        pending = [future for future in futures if not future.done()]
+        if pending:
+            await asyncio.gather(*pending)
+        for future in futures:
+            future.result()
+    except BaseException:
+        # The caller gives up on this message: collect the other records' outcomes quietly.
+        for future in futures:
+            future.add_done_callback(_retrieve_outcome)
+        raise
+
+
+def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class KafkaSink:
     def __init__(self, settings: Settings, metrics: Metrics, router: TopicRouter) -> None:
         self.settings = settings
@@ -186,7 +215,7 @@ class KafkaSink:
                         await self.topics.ensure(topics)
                     for topic in topics:
                         futures.append(await producer.send(topic, value, key=key, headers=headers))
-                await asyncio.gather(*futures)
+                await _all_confirmed(futures)
         except TimeoutError as exc:
             self._on_fault()
             raise PublishTimeout(f"kafka did not confirm within {self._timeout_s} s") from exc
