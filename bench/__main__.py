@@ -27,6 +27,13 @@ def parse_arguments(argv: list[str]) -> tuple[harness.Options, bool]:
     parser.add_argument("--only", choices=harness.TARGETS, default=None, help="run one target only")
     parser.add_argument("--rates", default=None, help="fixed rates, requests/s, comma-separated")
     parser.add_argument("--linger-ms", type=int, default=None, help="RECEIVER_KAFKA_LINGER_MS for the receiver")
+    parser.add_argument(
+        "--receiver-env",
+        action="append",
+        default=[],
+        metavar="RECEIVER_NAME=VALUE",
+        help="extra receiver setting for an experiment (repeatable), e.g. RECEIVER_RECORDING_ENABLED=false",
+    )
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None, help="py-spy flame graphs")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics and bench/results/tmp/<run>")
     parser.add_argument("--no-write", action="store_true", help="print the table only, write no result file")
@@ -43,10 +50,18 @@ def parse_arguments(argv: list[str]) -> tuple[harness.Options, bool]:
         rates=rates,
         kafka_bootstrap=os.environ.get("RECEIVER_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         linger_ms=arguments.linger_ms,
+        receiver_env=tuple(_setting(text) for text in arguments.receiver_env),
         profile=arguments.profile if arguments.profile is not None else not arguments.quick,
         keep=arguments.keep,
     )
     return options, arguments.no_write
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.startswith("RECEIVER_"):
+        raise SystemExit(f"scripts/bench: --receiver-env wants RECEIVER_NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def main(argv: list[str]) -> int:

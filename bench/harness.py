@@ -26,6 +26,8 @@ TARGETS = ("receiver", "baseline")
 #: The fixed rate whose p99 is the headline latency figure.
 HEADLINE_RATE = 1000
 FULL_RATES = (250, 500, 1000, 1500, 2000, 3000)
+#: 100-notification messages per second in the fixed-rate phase of large messages (2,000 notifications/s).
+OM100_RATE = 20
 #: Fixed-rate phases: one connection per wrk thread (see wrk/common.lua).
 FIXED_RATE_CONNECTIONS = 32
 #: A rate the target answers at below this share of the offered rate is its ceiling: no higher rate is tried.
@@ -42,6 +44,7 @@ class Options:
     rates: tuple[int, ...]
     kafka_bootstrap: str
     linger_ms: int | None
+    receiver_env: tuple[tuple[str, str], ...]
     profile: bool
     keep: bool
 
@@ -55,6 +58,19 @@ def plan(options: Options) -> list[Phase]:
         Phase("saturation-om100", "B", "outbound", 100, connections=32, threads=2, duration_s=duration),
         Phase("saturation-events", "C", "events", 1, connections=64, threads=2, duration_s=duration),
     ]
+    phases.append(
+        # Latency of large messages: where publishing one notification after the other hurts.
+        Phase(
+            f"rate-om100-{OM100_RATE}",
+            "J",
+            "outbound",
+            100,
+            connections=16,
+            threads=16,
+            duration_s=duration,
+            rate=OM100_RATE,
+        )
+    )
     for letter, rate in zip(_FIXED_LETTERS, options.rates, strict=False):
         phases.append(
             Phase(
@@ -111,6 +127,7 @@ def run_target(target: str, topic: str, options: Options, work: Path) -> dict[st
         options.kafka_bootstrap,
         work / target,
         linger_ms=options.linger_ms if target == "receiver" else None,
+        extra_env=options.receiver_env if target == "receiver" else (),
     )
     results: list[PhaseResult] = []
     profiles: dict[str, Any] = {}
@@ -120,7 +137,11 @@ def run_target(target: str, topic: str, options: Options, work: Path) -> dict[st
             result = run_phase(phase, server.url, server_pid=server.pid, event_secret=EVENT_SECRET, log_dir=work)
             results.append(result)
             print(f"   {describe(result)}", flush=True)
-            if phase.fixed_rate and result.requests_per_s < SATURATED_SHARE * phase.rate:
+            if (
+                phase.name.startswith("rate-")
+                and phase.notifications == 1
+                and result.requests_per_s < SATURATED_SHARE * phase.rate
+            ):
                 print(f"   {target} cannot sustain {phase.rate} requests/s: no higher rate tried", flush=True)
                 break
         if options.profile:
@@ -184,6 +205,7 @@ def figures(
         "p99_ms": headline.scheduled_ms.get("p99") if headline else None,
         "p99_9_ms": headline.scheduled_ms.get("p99.9") if headline else None,
         "p99_service_ms": headline.service_ms.get("p99") if headline else None,
+        "p99_om100_ms": by_name[f"rate-om100-{OM100_RATE}"].scheduled_ms.get("p99"),
         # CPU time of the server (all workers) per acked request or notification: steadier than
         # throughput on a shared machine, and what throughput per core follows from.
         "cpu_us_per_request": by_name["saturation-om1"].cpu_us_per_request(by_name["saturation-om1"].server_cpu_s),
@@ -227,6 +249,7 @@ def settings_of(options: Options) -> dict[str, Any]:
         "duration_s": options.duration_s,
         "rates": list(options.rates),
         "headline_rate": HEADLINE_RATE,
+        "om100_rate": OM100_RATE,
         "phases": [
             {"name": phase.name, "connections": phase.connections, "threads": phase.threads} for phase in plan(options)
         ],
@@ -235,6 +258,7 @@ def settings_of(options: Options) -> dict[str, Any]:
             "idempotent": True,
             "linger_ms": options.linger_ms if options.linger_ms is not None else "default (RECEIVER_KAFKA_LINGER_MS)",
             "dedupe": "memory",
+            "extra_settings": dict(options.receiver_env),
             "recording": "on (daily files, the default)",
             "ack_waits_for_broker": True,
         },

@@ -13,6 +13,7 @@ _ROWS = (
     ("p50_ms", "p50 ms at {rate} requests/s", "{:.1f}"),
     ("p99_ms", "p99 ms at {rate} requests/s", "{:.1f}"),
     ("p99_9_ms", "p99.9 ms at {rate} requests/s", "{:.1f}"),
+    ("p99_om100_ms", "p99 ms, 100-notification OM at {om100_rate}/s", "{:.1f}"),
     ("cpu_us_per_request", "server CPU us per 1-notification request", "{:,.0f}"),
     ("cpu_us_per_notification", "server CPU us per notification (100 per request)", "{:,.1f}"),
     ("lost", "lost (acked, not in the topic)", "{:d}"),
@@ -31,7 +32,9 @@ def table(document: dict[str, Any]) -> str:
     header = ["", *targets] + (["ratio"] if "ratio" in document else [])
     rows = [header]
     for key, label, fmt in _ROWS:
-        row = [label.format(rate=rate)] + [_cell(document[target].get(key), fmt) for target in targets]
+        row = [label.format(rate=rate, om100_rate=document["settings"].get("om100_rate"))] + [
+            _cell(document[target].get(key), fmt) for target in targets
+        ]
         if "ratio" in document:
             ratio = document["ratio"].get(key)
             row.append("-" if ratio is None else f"{ratio:.2f}x")
@@ -72,7 +75,7 @@ def latency_chart(document: dict[str, Any], path: Path) -> bool:
         points = sorted(
             (phase["offered_rate"], phase["latency_scheduled_ms"])
             for phase in phases.values()
-            if phase.get("offered_rate")
+            if phase.get("offered_rate") and phase["notifications_per_request"] == 1
         )
         for percentile, color in colors.items():
             series = [(rate, latency[percentile]) for rate, latency in points if latency.get(percentile) is not None]

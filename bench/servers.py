@@ -41,6 +41,8 @@ class ServerSpec:
     data_dir: Path
     linger_ms: int | None = None
     redis_url: str | None = None
+    #: Further RECEIVER_* settings for experiments (--receiver-env), applied last.
+    extra_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ def _receiver_command(spec: ServerSpec, port: int) -> tuple[list[str], dict[str,
         env["RECEIVER_KAFKA_LINGER_MS"] = str(spec.linger_ms)
     if spec.redis_url is not None:
         env["RECEIVER_REDIS_URL"] = spec.redis_url
+    env.update(spec.extra_env)
     return [str(Path(sys.executable).with_name("sf-receiver")), "serve"], env
 
 

@@ -72,12 +72,15 @@ function init(args)
 end
 
 if rate > 0 then
+    -- wrk's timers have millisecond steps: rounding down sends up to 1 ms early (the latency
+    -- then counts from the actual send), where rounding up would bill the timer's lateness to
+    -- the server. The schedule itself stays exact, so the rate does not drift.
     function delay()
         local wait_ms = (next_slot_us - now_us()) / 1000
-        if wait_ms <= 0 then
+        if wait_ms <= 1 then
             return 0
         end
-        return math.ceil(wait_ms)
+        return math.floor(wait_ms)
     end
 end
 
