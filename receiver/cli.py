@@ -41,10 +41,13 @@ def main() -> None:
 def app_from_environment() -> Any:
     """Uvicorn factory for worker processes: each rebuilds the settings from the same sources."""
     from receiver.app import create_app
+    from receiver.heap import settle_heap
 
     config = os.environ.get(CONFIG_ENV)
     settings = settings_or_exit(Path(config) if config else None)
-    return create_app(settings)
+    app = create_app(settings)
+    settle_heap()
+    return app
 
 
 @main.command()
@@ -68,9 +71,12 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
         click.echo(f"sf-receiver: {exc.detail}", err=True)
         sys.exit(2)
     if app is not None:
+        from receiver.heap import settle_heap
         from receiver.server import GracefulServer
 
-        GracefulServer(uvicorn.Config(app, **options)).run()
+        config = uvicorn.Config(app, **options)
+        settle_heap()
+        GracefulServer(config).run()
         return
     # Worker processes import the factory and read the same settings; the file travels by env.
     if config_file is not None:
