@@ -28,8 +28,10 @@ HEADLINE_RATE = 1000
 FULL_RATES = (250, 500, 1000, 1500, 2000, 3000)
 #: 100-notification messages per second in the fixed-rate phase of large messages (2,000 notifications/s).
 OM100_RATE = 20
-#: Fixed-rate phases: one connection per wrk thread (see wrk/common.lua).
+#: Fixed-rate phases: one connection per wrk thread (see wrk/common.lua), each sending at most
+#: this many requests/s, so that the connections are never what holds the rate back.
 FIXED_RATE_CONNECTIONS = 32
+FIXED_RATE_PER_CONNECTION = 25
 #: A rate the target answers at below this share of the offered rate is its ceiling: no higher rate is tried.
 SATURATED_SHARE = 0.8
 _FIXED_LETTERS = "KLMNORSTUV"
@@ -72,14 +74,15 @@ def plan(options: Options) -> list[Phase]:
         )
     )
     for letter, rate in zip(_FIXED_LETTERS, options.rates, strict=False):
+        connections = max(FIXED_RATE_CONNECTIONS, -(-rate // FIXED_RATE_PER_CONNECTION))
         phases.append(
             Phase(
                 f"rate-{rate}",
                 letter,
                 "outbound",
                 1,
-                connections=FIXED_RATE_CONNECTIONS,
-                threads=FIXED_RATE_CONNECTIONS,
+                connections=connections,
+                threads=connections,
                 duration_s=duration,
                 rate=rate,
             )
@@ -146,11 +149,11 @@ def run_target(target: str, topic: str, options: Options, work: Path) -> dict[st
                 break
         if options.profile:
             results += profile(server, options, target, work)
-            profiles = {
-                result.phase.name: profiling.summary(RESULTS / profile_file(target, result.phase))
-                for result in results
-                if result.phase.name.startswith("profile-")
-            }
+            for result in results:
+                if result.phase.name.startswith("profile-"):
+                    folded = RESULTS / profile_file(target, result.phase)
+                    profiles[result.phase.name] = profiling.summary(folded)
+                    profiles[result.phase.name]["file"] = profiling.compress(folded).name
     counts, records = asyncio.run(read_ids(options.kafka_bootstrap, topic, start))
     verdict = compare(itertools.chain.from_iterable(result.acked_ids() for result in results), counts)
     print(f"   topic: {records} records, {verdict.found} ids, lost {verdict.lost}", flush=True)
