@@ -18,7 +18,6 @@ from tests.kafka_helpers import unique_topic
 #: Every event a test builds is checked against schemas/ (the consumer contract).
 pytest_plugins = ["tests.schema_guard"]
 
-DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_ORG_MAP = REPO / "examples" / "org-map.toml"
 EXAMPLE_WSDL_DIR = REPO / "examples" / "wsdl"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from receiver.ids import checksum
 
-DATA = Path(__file__).resolve().parent / "data"
 SAMPLES = Path(__file__).resolve().parent.parent / "examples" / "payloads"
 SAMPLE_FILES = ("contact_2_notifications.xml", "account_null_field_omitted.xml", "discount_rule_custom_object.xml")
 ORG15 = "00D1I000003qqqE"

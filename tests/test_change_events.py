@@ -17,7 +17,7 @@ from receiver.errors import InvalidMessage
 from receiver.event import CHANGE_EVENT, PLATFORM_EVENT, CloudEvent, Connection
 from tests.event_payloads import cdc_payload, platform_message
 
-DATA = Path(__file__).resolve().parent / "data" / "events"
+DATA = Path(__file__).resolve().parents[1] / "examples" / "payloads"
 PLATFORM_SAMPLE = (DATA / "platform_event_low_ink.json").read_bytes()
 CDC_SAMPLE = (DATA / "change_event_contact_update_payload.json").read_bytes()
 ORG = "00D5g000004Xz1AEAS"

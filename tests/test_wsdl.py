@@ -9,25 +9,14 @@ import pytest
 from receiver.errors import ConfigurationError, InvalidMessage
 from receiver.wsdl import WsdlRegistry, normalize_datetime
 
-DATA = Path(__file__).resolve().parent / "data"
-SHARED_WSDL = Path(__file__).resolve().parents[2] / "shared" / "samples" / "wsdl"
-WSDL_NAMES = ("account.wsdl", "discount_rule_custom_object.wsdl")
+WSDL_DIR = Path(__file__).resolve().parents[1] / "examples" / "wsdl"
 ENTERPRISE_ID = "{urn:enterprise.soap.sforce.com}ID"
 
-REGISTRY = WsdlRegistry.load(DATA / "wsdl")
+REGISTRY = WsdlRegistry.load(WSDL_DIR)
 
 
 def wsdl_text(name: str) -> str:
-    return (DATA / "wsdl" / name).read_text()
-
-
-@pytest.mark.parametrize("name", WSDL_NAMES)
-def test_data_copies_match_shared_wsdls(name: str) -> None:
-    """The copied WSDLs are byte-identical to the shared originals, when those are present."""
-    original = SHARED_WSDL / name
-    if not original.exists():
-        pytest.skip("shared samples are not checked out next to this repository")
-    assert (DATA / "wsdl" / name).read_bytes() == original.read_bytes()
+    return (WSDL_DIR / name).read_text()
 
 
 def test_sample_wsdls_declare_their_objects_fields_and_types() -> None:
