@@ -9,6 +9,7 @@ from typing import Any
 _ROWS = (
     ("requests_per_s", "requests/s, 1-notification OM (saturation)", "{:,.0f}"),
     ("notifications_per_s", "notifications/s, 100-notification OM (saturation)", "{:,.0f}"),
+    ("notifications_per_s_4_connections", "notifications/s, 100-notification OM, 4 connections", "{:,.0f}"),
     ("events_per_s", "signed JSON events/s (saturation)", "{:,.0f}"),
     ("p50_ms", "p50 ms at {rate} requests/s", "{:.1f}"),
     ("p99_ms", "p99 ms at {rate} requests/s", "{:.1f}"),
