@@ -1,9 +1,9 @@
 """Salesforce Outbound Messages: hardened parsing of the SOAP request and one event per notification.
 
-Nothing in an Outbound Message is signed, so the parser is the first line of defence: it
-refuses DTDs and entities before libxml2 sees them, bounds depth and element count, checks the
-SOAP structure by namespace URI (senders pick arbitrary prefixes), validates the envelope
-against ``schemas/outbound-envelope.xsd`` and cross-checks the org id against the URLs.
+Nothing in an Outbound Message is signed, so the parser is the first line of defence: the XML
+is loaded by ``safe_xml`` (no DTD, no entities, bounded depth and element count), the SOAP
+structure is checked by namespace URI (senders pick arbitrary prefixes), the envelope is
+validated against ``schemas/outbound-envelope.xsd`` and the org id cross-checked with the URLs.
 
 It is strict on what routing and dedupe rely on (org id, ids, structure) and tolerant of what
 senders vary: element order, extra elements, whitespace, 15-character ids, omitted null fields.
@@ -26,6 +26,7 @@ from lxml import etree
 from receiver.errors import ConfigurationError, InvalidMessage
 from receiver.event import OUTBOUND_MESSAGE, CloudEvent, Connection
 from receiver.ids import normalize_id, normalize_org_id
+from receiver.safe_xml import PARSER_OPTIONS, SafeXmlParser
 from receiver.wsdl import WsdlRegistry, normalize_datetime
 
 SOAP_ENVELOPE_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -59,18 +60,6 @@ _REQUIRED_HEADERS: Final = ("OrganizationId", "ActionId", "EnterpriseUrl", "Part
 _NIL_VALUES: Final = frozenset({"true", "1"})
 _SPECIAL_FIELDS: Final = frozenset({"Id", "fieldsToNull"})
 
-_PARSER_OPTIONS: Final[dict[str, Any]] = {
-    "resolve_entities": False,
-    "no_network": True,
-    "load_dtd": False,
-    "dtd_validation": False,
-    "huge_tree": False,
-    "remove_comments": True,
-    "remove_pis": True,
-}
-# The slow, streaming parse only serves bodies with more tags than elements allowed.
-_STREAM_CHUNK: Final = 64 * 1024
-
 # The org id Salesforce appends to both API URLs, e.g. .../services/Soap/c/60.0/00Dxx0000001gPF.
 _URL_ORG_ID = re.compile(r"/([a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?)/?$")
 # Object API names go into a Kafka header and the message key: letters, digits, underscores.
@@ -80,25 +69,6 @@ _ID18 = re.compile(r"[a-zA-Z0-9]{18}")
 # An org and its actions send message after message: their ids are normalized once, not per
 # request. Only results are cached (never errors), so hostile ids cannot fill the caches.
 _org_id: Final = lru_cache(maxsize=4096)(normalize_org_id)
-
-
-def _declaration_pattern(*keywords: str) -> re.Pattern[bytes]:
-    # UTF-16 and UTF-32 put NUL bytes around each ASCII character: allowing up to three between
-    # characters makes one pattern find the keyword in UTF-8, UTF-16 and UTF-32 of either byte
-    # order, and the leading literal ``<`` lets the regex engine skip ahead quickly.
-    gap = rb"\x00{0,3}"
-
-    def spread(text: str) -> bytes:
-        return gap.join(re.escape(char.encode()) for char in text)
-
-    alternatives = b"|".join(spread(keyword[2:]) for keyword in keywords)
-    return re.compile(spread("<!") + gap + b"(?:" + alternatives + b")", re.IGNORECASE)
-
-
-# No Outbound Message has a DTD; refusing one before parsing means libxml2 never processes
-# entity declarations at all (external entities, billion laughs). A false positive needs
-# "<!DOCTYPE" inside a comment or CDATA section, which Salesforce does not send.
-_DECLARATION = _declaration_pattern("<!DOCTYPE", "<!ENTITY")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +99,7 @@ class OutboundMessageParser:
     compiled here, so ``parse`` constructs nothing but the tree.
     """
 
-    __slots__ = ("_count_elements", "_exceeds_depth", "_max_elements", "_max_notifications", "_schema", "_wsdl", "_xml")
+    __slots__ = ("_max_notifications", "_schema", "_wsdl", "_xml")
 
     def __init__(
         self, wsdl: WsdlRegistry, *, max_depth: int = 100, max_elements: int = 50_000, max_notifications: int = 100
@@ -138,14 +108,9 @@ class OutboundMessageParser:
         if min(max_depth, max_elements, max_notifications) < 1:
             raise ValueError("parser limits must be at least 1")
         self._wsdl = wsdl
-        self._max_elements = max_elements
         self._max_notifications = max_notifications
-        self._xml = etree.XMLParser(**_PARSER_OPTIONS)
+        self._xml = SafeXmlParser(max_depth=max_depth, max_elements=max_elements)
         self._schema = _load_schema(ENVELOPE_SCHEMA_PATH)
-        # XPath runs in C: counting and depth checks cost microseconds even for 100 notifications.
-        # libxml2 itself refuses nesting past 256 levels, so the tree is never deeper than that.
-        self._count_elements = etree.XPath("count(//*)")
-        self._exceeds_depth = etree.XPath("boolean(/*" + "/*" * max_depth + ")")
 
     def parse(self, body: bytes) -> OutboundMessage:
         """Parse and validate one request body.
@@ -156,7 +121,7 @@ class OutboundMessageParser:
         ``invalid_org_id``, ``org_mismatch``, ``invalid_object_type``, ``invalid_field_value`` or
         ``schema_violation``. Details name elements, never their values.
         """
-        soap_body = _single_child(self._parse_xml(body), _BODY, "Body", missing_reason="not_soap_envelope")
+        soap_body = _single_child(self._envelope(body), _BODY, "Body", missing_reason="not_soap_envelope")
         notifications = _single_child(soap_body, _NOTIFICATIONS, "notifications", missing_reason="missing_field")
         message = self._read_message(notifications)
         # After reading, so that common faults get their precise reason; the schema then catches
@@ -165,42 +130,13 @@ class OutboundMessageParser:
             raise _schema_violation(self._schema)
         return message
 
-    def _parse_xml(self, body: bytes) -> etree._Element:
-        if _DECLARATION.search(body):
-            raise InvalidMessage("the body declares a DTD or entities", reason="forbidden_dtd")
-        try:
-            if body.count(b"<") > self._max_elements:
-                root = self._parse_streaming(body)
-            else:
-                root = etree.fromstring(body, self._xml)
-        except etree.XMLSyntaxError as exc:
-            # ``from None``: libxml2 messages can quote bytes of the body, the SessionId among them.
-            raise _syntax_error(exc) from None
-        if root.getroottree().docinfo.internalDTD is not None:
-            # Reached only by encodings the byte pattern does not cover (EBCDIC); nothing was
-            # loaded or expanded, as the parser resolves no entities.
-            raise InvalidMessage("the body declares a DTD", reason="forbidden_dtd")
-        if float(self._count_elements(root)) > self._max_elements:  # type: ignore[arg-type]
-            raise _too_many_elements(self._max_elements)
-        if self._exceeds_depth(root):
-            raise InvalidMessage("the body nests elements too deeply", reason="too_deep")
+    def _envelope(self, body: bytes) -> etree._Element:
+        root = self._xml.parse(body)
         if root.tag != _ENVELOPE:
             if _local_name(root.tag) == "Envelope":
                 raise InvalidMessage("Envelope is not in the SOAP 1.1 namespace", reason="wrong_namespace")
             raise InvalidMessage("the root element is not a SOAP Envelope", reason="not_soap_envelope")
         return root
-
-    def _parse_streaming(self, body: bytes) -> etree._Element:
-        # Counting while parsing refuses a flood of tiny elements before it is all in memory.
-        # A pull parser per call is acceptable here: real messages never take this path.
-        parser = etree.XMLPullParser(events=("start",), **_PARSER_OPTIONS)
-        seen = 0
-        for offset in range(0, len(body), _STREAM_CHUNK):
-            parser.feed(body[offset : offset + _STREAM_CHUNK])
-            seen += sum(1 for _ in parser.read_events())
-            if seen > self._max_elements:
-                raise _too_many_elements(self._max_elements)
-        return parser.close()
 
     def _read_message(self, notifications: etree._Element) -> OutboundMessage:
         headers: dict[str, etree._Element] = {}
@@ -352,7 +288,7 @@ def _event_time(last_modified: Any, received_at: str) -> str:
 
 def _load_schema(path: Path) -> etree.XMLSchema:
     try:
-        return etree.XMLSchema(etree.parse(str(path), etree.XMLParser(**_PARSER_OPTIONS)))
+        return etree.XMLSchema(etree.parse(str(path), etree.XMLParser(**PARSER_OPTIONS)))
     except (OSError, etree.XMLSyntaxError, etree.XMLSchemaParseError) as exc:
         raise ConfigurationError(f"envelope schema {path} is unusable: {exc}") from exc
 
@@ -437,21 +373,6 @@ def _object_name(sobject: etree._Element) -> str:
     if not _OBJECT_NAME.fullmatch(local):
         raise InvalidMessage("the xsi:type of sObject is not an object name", reason="invalid_object_type")
     return local
-
-
-def _syntax_error(exc: etree.XMLSyntaxError) -> InvalidMessage:
-    # The exception's own message, not its error_log: a shared parser's log keeps earlier parses' errors.
-    message = str(exc.msg)
-    if message.startswith("Excessive depth"):
-        return InvalidMessage("the body nests elements too deeply", reason="too_deep")
-    if "amplification" in message:
-        return InvalidMessage("the body expands entities", reason="forbidden_dtd")
-    line, column = exc.position
-    return InvalidMessage(f"the body is not well-formed XML (line {line}, column {column})", reason="malformed_xml")
-
-
-def _too_many_elements(limit: int) -> InvalidMessage:
-    return InvalidMessage(f"the body has more than {limit} elements", reason="too_many_elements")
 
 
 def _schema_violation(schema: etree.XMLSchema) -> InvalidMessage:
