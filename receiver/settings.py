@@ -57,8 +57,10 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
-    #: Lets concurrent requests share one produce batch; the Ack still waits for the broker.
-    kafka_linger_ms: int = Field(default=2, ge=0, le=1000)
+    #: Extra wait to fill produce batches. 0 by default: aiokafka keeps one produce request in
+    #: flight per broker and batches what queues behind it, so batching happens under load anyway,
+    #: while a linger adds its full length to every Ack (bench: p50 2.9 -> 0.8 ms at 1,000/s).
+    kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
     kafka_create_topics: bool = False
     kafka_partitions: int = Field(default=3, ge=1)
     #: ``[[routes]]`` tables: the first rule matching an event names its topics (receiver.routing).
