@@ -140,21 +140,26 @@ async def test_limit_stops_after_that_many_events(file_settings: Settings) -> No
     assert status == 0 and len(json_lines(stdout)) == 3
 
 
+async def follow_json(settings: Settings, *, limit: int) -> asyncio.subprocess.Process:
+    """`sf-receiver tail --follow --json --limit N` started in the background, stdout piped."""
+    return await asyncio.create_subprocess_exec(
+        SF_RECEIVER,
+        "tail",
+        "--follow",
+        "--json",
+        "--limit",
+        str(limit),
+        env=environment(settings),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
 async def test_follow_prints_events_written_later(file_settings: Settings) -> None:
     """--follow waits on events.jsonl and prints events as the receiver writes them."""
     async with live_receiver(file_settings) as client:
         await post_outbound(client, outbound_message(1, start=1))
-        process = await asyncio.create_subprocess_exec(
-            SF_RECEIVER,
-            "tail",
-            "--follow",
-            "--json",
-            "--limit",
-            "3",
-            env=environment(file_settings),
-            cwd=REPO,
-            stdout=asyncio.subprocess.PIPE,
-        )
+        process = await follow_json(file_settings, limit=3)
         assert process.stdout is not None
         first = await asyncio.wait_for(process.stdout.readline(), COMMAND_TIMEOUT_S)
         await post_outbound(client, outbound_message(2, start=10))
@@ -235,17 +240,7 @@ async def test_kafka_follow_prints_new_events(kafka_settings: SettingsFactory) -
     settings = kafka_settings(event_secrets=SECRET)
     async with live_receiver(settings) as client:
         await post_outbound(client, outbound_message(1, start=1))
-        process = await asyncio.create_subprocess_exec(
-            SF_RECEIVER,
-            "tail",
-            "--follow",
-            "--json",
-            "--limit",
-            "2",
-            env=environment(settings),
-            cwd=REPO,
-            stdout=asyncio.subprocess.PIPE,
-        )
+        process = await follow_json(settings, limit=2)
         assert process.stdout is not None
         first = await asyncio.wait_for(process.stdout.readline(), COMMAND_TIMEOUT_S)
         await post_events(client, sample("platform_event_low_ink.json"))
