@@ -139,6 +139,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
             "status": "ready" if ready else "not ready",
             "sink": "kafka" if settings.uses_kafka else "file",
             "sink_ready": sink_ready,
+            "sink_status": services.sink.describe(),
             "connections_ready": connections_ready,
             "connections": services.connections.describe(),
         }

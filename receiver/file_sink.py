@@ -116,3 +116,6 @@ class FileSink:
 
     async def is_ready(self) -> bool:
         return self._events._descriptor is not None and os.access(self.data_dir, os.W_OK)
+
+    def describe(self) -> dict[str, object]:
+        return {"events_file": str(self.data_dir / EVENTS_FILE)}

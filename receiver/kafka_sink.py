@@ -240,6 +240,11 @@ class KafkaSink:
     async def record_raw(self, line: bytes) -> None:
         await self._send_one(self.settings.kafka_raw_topic, line, None)
 
+    def describe(self) -> dict[str, object]:
+        # Missing topics do not make the receiver unready (the broker may create them on first
+        # use), but events then land in topics nobody configured: worth seeing in /readyz.
+        return {"topics_checked": self.topics.checked, "missing_topics": list(self.topics.missing)}
+
     async def is_ready(self) -> bool:
         producer = self._producer
         if producer is None:

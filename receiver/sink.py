@@ -34,6 +34,9 @@ class Sink(Protocol):
     async def is_ready(self) -> bool:
         """True when a publish could succeed now."""
 
+    def describe(self) -> dict[str, object]:
+        """A small status for ``/readyz``: what an operator should know beyond ready or not."""
+
 
 def default_router(topic: str) -> TopicRouter:
     topics = (topic,)

@@ -130,6 +130,9 @@ class RecordingSink:
     async def is_ready(self) -> bool:
         return not self.failing
 
+    def describe(self) -> dict[str, object]:
+        return {"failing": self.failing}
+
 
 def outbound_event(notification_id: str) -> CloudEvent:
     record_id = "0015g00000N1ABCAA3"

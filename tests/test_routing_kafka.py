@@ -92,12 +92,14 @@ async def test_routed_records_keep_key_and_headers(kafka_settings: SettingsFacto
 async def test_missing_fixed_topics_are_reported_at_start_up(
     kafka_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Without RECEIVER_KAFKA_CREATE_TOPICS a missing rule topic is logged and not created."""
+    """Without RECEIVER_KAFKA_CREATE_TOPICS a missing rule topic is logged, shown in /readyz, not created."""
     missing = unique_topic("missing")
     settings = kafka_settings(routes=[{"kind": "change_event", "topics": [missing]}])
     with caplog.at_level(logging.INFO, logger="receiver.topics"):
-        async with live_receiver(settings):
-            pass
+        async with live_receiver(settings) as client:
+            ready = (await client.get("/readyz")).json()
+    assert ready["sink_status"]["topics_checked"] is True
+    assert missing in ready["sink_status"]["missing_topics"]
     [report] = [r for r in caplog.records if r.getMessage() == "kafka topics are missing"]
     assert missing in report.topics
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers or "")
