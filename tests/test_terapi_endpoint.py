@@ -100,3 +100,29 @@ async def test_readyz_waits_for_the_first_terapi_load(make_settings: SettingsFac
             assert ready.status_code == 503
             assert ready.json()["connections_ready"] is False
             assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_flood_of_unknown_orgs_costs_terapi_one_refresh(make_settings: SettingsFactory) -> None:
+    """100 concurrent OMs from 100 unknown orgs: 403 each, and terapi sees one list call, no reads."""
+    async with run_standin() as standin:
+        standin.add_connection("acme-prod", "salesforce", org_id=ORG15)
+        settings = make_settings(
+            org_map_file=None,
+            terapi_base_url=standin.base_url,
+            terapi_secret_key=DEFAULT_SECRET_KEY,
+            terapi_unknown_org_refresh_interval_s=60.0,
+        )
+        orgs = [f"00D5g{number:010d}" for number in range(100)]
+        async with live_receiver(settings) as client:
+            calls_after_start = len(standin.calls)
+            answers = await asyncio.gather(
+                *(
+                    client.post(OM_PATH, content=outbound_message(1, org15=org, start=index), headers=SOAP)
+                    for index, org in enumerate(orgs)
+                )
+            )
+        assert [answer.status_code for answer in answers] == [403] * 100
+        flood_calls = standin.calls[calls_after_start:]
+        # One listing for the whole flood; nothing new to read, so no connection reads.
+        assert len([call for call in flood_calls if call[1] == "/connections"]) == 1
+        assert len(flood_calls) == 1
