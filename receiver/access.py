@@ -23,10 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.errors import Forbidden
 from receiver.metrics import Metrics
-from receiver.responses import problem, soap_fault
 
 if TYPE_CHECKING:
-    # settings imports this module (parse_networks), and recording imports settings.
+    # settings imports this module (parse_networks); middleware and recording import settings.
     from receiver.recording import Recorder
 
 Address = IPv4Address | IPv6Address
@@ -143,14 +142,11 @@ class SourceAccessMiddleware:
                 scope["client"] = (str(client), 0)
         path: str = scope["path"]
         if self.allowed and path.startswith(_GUARDED_PREFIX) and not self._is_allowed(client):
-            error = Forbidden("the source address is not allowed", reason="source_not_allowed")
-            self.metrics.rejected.labels("request", "403", error.reason).inc()
-            if self.recorder is not None:
-                from receiver.recording import Outcome, refused_by_middleware  # see TYPE_CHECKING above
+            from receiver.middleware import refuse  # see TYPE_CHECKING above
 
-                self.recorder.record(refused_by_middleware(scope, Outcome(403, error.reason), request_id=None))
-            response = soap_fault(error) if path.endswith("/outbound-messages") else problem(error)
-            await response(scope, receive, send)
+            error = Forbidden("the source address is not allowed", reason="source_not_allowed")
+            # Outermost middleware: no request id is assigned yet.
+            await refuse(error, scope, receive, send, metrics=self.metrics, recorder=self.recorder, request_id=None)
             return
         await self.app(scope, receive, send)
 

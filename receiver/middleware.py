@@ -17,7 +17,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from receiver.errors import Overloaded
+from receiver.errors import Overloaded, ReceiverError
 from receiver.logs import request_id_var
 from receiver.metrics import Metrics
 from receiver.recording import Outcome, Recorder, refused_by_middleware
@@ -68,11 +68,15 @@ class RequestContextMiddleware:
             reserved = self._body_reservation(scope)
             error = self._overload(reserved)
             if error is not None:
-                self.metrics.rejected.labels("request", "503", error.reason).inc()
-                if self.recorder is not None:
-                    self.recorder.record(refused_by_middleware(scope, Outcome(503, error.reason), request_id))
-                response = soap_fault(error) if path.endswith("/outbound-messages") else problem(error)
-                await response(scope, receive, send_with_id)
+                await refuse(
+                    error,
+                    scope,
+                    receive,
+                    send_with_id,
+                    metrics=self.metrics,
+                    recorder=self.recorder,
+                    request_id=request_id,
+                )
                 return
             self.in_flight += 1
             self.body_bytes_in_flight += reserved
@@ -109,6 +113,26 @@ class RequestContextMiddleware:
                 f"more than {limit} bytes of request bodies in flight", retry_after_s=1, reason="overloaded_body_bytes"
             )
         return None
+
+
+async def refuse(
+    error: ReceiverError,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    metrics: Metrics,
+    recorder: Recorder | None,
+    request_id: str | None,
+) -> None:
+    """Answer a webhook request refused before any handler ran: counted, recorded, and in the
+    endpoint's own error format (a SOAP Fault for Outbound Messages, problem+json otherwise)."""
+    metrics.rejected.labels("request", str(error.status), error.reason).inc()
+    if recorder is not None:
+        recorder.record(refused_by_middleware(scope, Outcome(error.status, error.reason), request_id))
+    path: str = scope["path"]
+    response = soap_fault(error) if path.endswith("/outbound-messages") else problem(error)
+    await response(scope, receive, send)
 
 
 def _request_id(scope: Scope) -> str:

@@ -25,6 +25,23 @@ OUTBOUND: Final = "outbound_message"
 EVENTS: Final = "event"
 TERAPI: Final = "terapi_forward"
 ENDPOINT_KINDS: Final = (OUTBOUND, EVENTS, TERAPI)
+_ENDPOINT_SEGMENTS: Final = {"outbound-messages": OUTBOUND, "events": EVENTS}
+
+
+def endpoint_of(path: str) -> tuple[str, str] | None:
+    """(kind, integration) of a webhook path, or None when the path names no webhook endpoint.
+
+    For requests that never reached a handler (refused by middleware) or recordings that lost
+    their kind: the route table in ``receiver.webhooks`` is the same three shapes.
+    """
+    parts = path.strip("/").split("/")
+    if parts == ["webhooks", "terapi"]:
+        return TERAPI, "terapi"
+    if len(parts) == 3 and parts[0] == "webhooks":
+        kind = _ENDPOINT_SEGMENTS.get(parts[2])
+        if kind is not None:
+            return kind, parts[1]
+    return None
 
 
 def webhook_delivery_id(integration: str, webhook_id: str) -> str:

@@ -35,6 +35,7 @@ from starlette.types import Scope
 from receiver.errors import ReceiverError
 from receiver.event import utc_now_iso
 from receiver.metrics import Metrics
+from receiver.processing import endpoint_of
 from receiver.redaction import recorded_headers, redact_session_id
 from receiver.settings import Settings
 from receiver.sink import Sink
@@ -85,13 +86,7 @@ def refused_by_middleware(scope: Scope, outcome: Outcome, request_id: str | None
 
     Its body was never read, so it is recorded without one; kind and integration come from the path.
     """
-    parts = scope["path"].strip("/").split("/")
-    if parts[1:] == ["terapi"]:
-        kind, integration = "terapi_forward", "terapi"
-    else:
-        endpoint = parts[2] if len(parts) > 2 else ""
-        kind = {"outbound-messages": "outbound_message", "events": "event"}.get(endpoint, "unknown")
-        integration = parts[1] if len(parts) > 1 else ""
+    kind, integration = endpoint_of(scope["path"]) or ("unknown", "")
     client = scope.get("client")
     return RecordedRequest(
         received_at=utc_now_iso(),

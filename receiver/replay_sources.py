@@ -24,7 +24,7 @@ from typing import Any, Final
 import orjson
 
 from receiver.errors import ReceiverError
-from receiver.processing import ENDPOINT_KINDS, EVENTS, OUTBOUND, TERAPI
+from receiver.processing import ENDPOINT_KINDS, EVENTS, OUTBOUND, TERAPI, endpoint_of
 from receiver.recording_files import RecordingFileName
 from receiver.replay_items import ReplayItem, SkippedItem, digest, org_of, parse_time
 from receiver.settings import Settings
@@ -181,10 +181,8 @@ def _kind(record: Mapping[str, Any]) -> str:
     kind = record.get("kind")
     if kind in ENDPOINT_KINDS:
         return str(kind)
-    path = str(record.get("path", ""))
-    if path.endswith("/outbound-messages"):
-        return OUTBOUND
-    return TERAPI if path == "/webhooks/terapi" else EVENTS
+    endpoint = endpoint_of(str(record.get("path", "")))
+    return endpoint[0] if endpoint is not None else EVENTS
 
 
 def _recording_item(record: dict[str, Any], line: bytes, origin: str) -> SourceItem:
