@@ -21,6 +21,7 @@ from starlette.routing import Route
 from receiver import responses, signatures
 from receiver.errors import InvalidMessage, ReceiverError, Unauthenticated
 from receiver.event import utc_now_iso
+from receiver.ids import normalize_org_id
 from receiver.limits import (
     JSON_CONTENT_TYPES,
     XML_CONTENT_TYPES,
@@ -65,16 +66,17 @@ class WebhookEndpoints:
         kind: str,
         integration: str,
         answer_error: Answer,
-        handle: Callable[[], Awaitable[Response]],
+        handle: Callable[[str], Awaitable[Response]],
     ) -> Response:
-        """Run a handler; turn its error into the endpoint's error format, count and record the outcome."""
+        """Run a handler with the receipt time; turn its error into the endpoint's error format,
+        count and record the outcome (the recording and the events share that receipt time)."""
         started = time.perf_counter()
         received_at = utc_now_iso()
         # A name not served is one label value, not one time series per name a client makes up.
         served = integration in self.settings.integrations or kind == TERAPI
         self.metrics.messages_received.labels(kind, integration if served else "unknown").inc()
         try:
-            response = await handle()
+            response = await handle(received_at)
             outcome = Outcome(response.status_code, "ok")
         except ReceiverError as error:
             self.metrics.rejected.labels(kind, str(error.status), error.reason).inc()
@@ -122,8 +124,7 @@ class WebhookEndpoints:
     async def outbound_messages(self, request: Request) -> Response:
         integration = request.path_params["integration"]
 
-        async def handle() -> Response:
-            received_at = utc_now_iso()
+        async def handle(received_at: str) -> Response:
             check_integration(integration, self.settings.integrations)
             check_content_type(request, XML_CONTENT_TYPES, what="a SOAP (text/xml) Outbound Message")
             self._authenticate_outbound(request)
@@ -150,8 +151,7 @@ class WebhookEndpoints:
     async def events(self, request: Request) -> Response:
         integration = request.path_params["integration"]
 
-        async def handle() -> Response:
-            received_at = utc_now_iso()
+        async def handle(received_at: str) -> Response:
             check_integration(integration, self.settings.integrations)
             check_content_type(request, JSON_CONTENT_TYPES, what="application/json")
             body = await self._read_body(request)
@@ -172,8 +172,6 @@ class WebhookEndpoints:
     def _keys_for(self, header_org: str | None) -> list[bytes]:
         if header_org is None:
             return self._event_keys
-        from receiver.ids import normalize_org_id
-
         try:
             org_id = normalize_org_id(header_org)
         except InvalidMessage:
@@ -183,8 +181,7 @@ class WebhookEndpoints:
     # -- Webhooks forwarded by terapi ---------------------------------------------------------
 
     async def terapi_forward(self, request: Request) -> Response:
-        async def handle() -> Response:
-            received_at = utc_now_iso()
+        async def handle(received_at: str) -> Response:
             check_content_type(request, JSON_CONTENT_TYPES, what="application/json")
             body = await self._read_body(request)
             secret = self.settings.terapi_webhook_secret
