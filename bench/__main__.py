@@ -24,7 +24,7 @@ def parse_arguments(argv: list[str]) -> tuple[harness.Options, bool]:
     parser.add_argument("--quick", action="store_true", help="short phases, one fixed rate, no profile (< 3 min)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of each server (default 2)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load phase (quick 6, full 15)")
-    parser.add_argument("--only", choices=harness.TARGETS, default=None, help="run one target only")
+    parser.add_argument("--only", choices=report.TARGETS, default=None, help="run one target only")
     parser.add_argument("--rates", default=None, help="fixed rates, requests/s, comma-separated")
     parser.add_argument("--linger-ms", type=int, default=None, help="RECEIVER_KAFKA_LINGER_MS for the receiver")
     parser.add_argument(
@@ -46,7 +46,7 @@ def parse_arguments(argv: list[str]) -> tuple[harness.Options, bool]:
         quick=arguments.quick,
         workers=arguments.workers,
         duration_s=arguments.duration or (QUICK_DURATION_S if arguments.quick else FULL_DURATION_S),
-        targets=(arguments.only,) if arguments.only else harness.TARGETS,
+        targets=(arguments.only,) if arguments.only else report.TARGETS,
         rates=rates,
         kafka_bootstrap=os.environ.get("RECEIVER_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         linger_ms=arguments.linger_ms,

@@ -1,4 +1,4 @@
-"""One benchmark run: for each target (receiver, baseline) start it, run the load phases,
+"""One benchmark run: for each target (receiver, baseline, baseline-batched) start it, run the load phases,
 stop it, read its topic back, and put the figures side by side.
 
 Both targets get the same phases, payloads, broker and worker count, one after the other in
@@ -22,7 +22,6 @@ from bench.servers import EVENT_SECRET, RunningServer, ServerSpec, running
 from bench.verify import compare, delete_topics, partition_offsets, read_ids
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = ("receiver", "baseline")
 #: The fixed rate whose p99 is the headline latency figure.
 HEADLINE_RATE = 1000
 FULL_RATES = (250, 500, 1000, 1500, 2000, 3000)
@@ -122,6 +121,8 @@ def run(options: Options) -> dict[str, Any]:
     document["elapsed_s"] = round(time.time() - started, 1)
     if "receiver" in document and "baseline" in document:
         document["ratio"] = ratios(document["receiver"], document["baseline"])
+    if "receiver" in document and "baseline-batched" in document:
+        document["ratio_batched"] = ratios(document["receiver"], document["baseline-batched"])
     return document
 
 
@@ -237,7 +238,7 @@ def ratios(ours: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | 
         mine, theirs = ours.get(name), baseline.get(name)
         if not mine or not theirs:
             return None
-        return round(mine / theirs, 2)
+        return round(float(mine) / float(theirs), 2)
 
     names = (
         "requests_per_s",
@@ -276,6 +277,15 @@ def settings_of(options: Options) -> dict[str, Any]:
             "idempotent": True,
             "linger_ms": 0,
             "publish": "send_and_wait per notification, one after the other",
+            "batching": "none across requests: one send in flight per process (BASELINE_BATCHING=none)",
+            "parser": "xmltodict",
+        },
+        "baseline-batched": {
+            "acks": "all",
+            "idempotent": True,
+            "linger_ms": 0,
+            "publish": "send_and_wait per notification, one after the other",
+            "batching": "aiokafka's own: concurrent requests' records share produce requests (BASELINE_BATCHING=client)",  # noqa: E501
             "parser": "xmltodict",
         },
         "load_generator": "wrk (Debian) with bench/wrk/*.lua",

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+#: Every target a run may hold, in the order the table shows them.
+TARGETS = ("receiver", "baseline", "baseline-batched")
+
 _ROWS = (
     ("requests_per_s", "requests/s, 1-notification OM (saturation)", "{:,.0f}"),
     ("notifications_per_s", "notifications/s, 100-notification OM (saturation)", "{:,.0f}"),
@@ -29,15 +32,16 @@ def _cell(value: Any, fmt: str) -> str:
 
 def table(document: dict[str, Any]) -> str:
     rate = document["settings"]["headline_rate"]
-    targets = [name for name in ("receiver", "baseline") if name in document]
-    header = ["", *targets] + (["ratio"] if "ratio" in document else [])
+    targets = [name for name in TARGETS if name in document]
+    ratios = [key for key in ("ratio", "ratio_batched") if key in document]
+    header = ["", *targets, *ratios]
     rows = [header]
     for key, label, fmt in _ROWS:
         row = [label.format(rate=rate, om100_rate=document["settings"].get("om100_rate"))] + [
             _cell(document[target].get(key), fmt) for target in targets
         ]
-        if "ratio" in document:
-            ratio = document["ratio"].get(key)
+        for ratio_key in ratios:
+            ratio = document[ratio_key].get(key)
             row.append("-" if ratio is None else f"{ratio:.2f}x")
         rows.append(row)
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
@@ -68,10 +72,10 @@ def latency_chart(document: dict[str, Any], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
-    styles = {"receiver": "-", "baseline": "--"}
+    styles = {"receiver": "-", "baseline": "--", "baseline-batched": ":"}
     colors = {"p50": "tab:green", "p99": "tab:orange", "p99.9": "tab:red"}
     plotted = False
-    for target in ("receiver", "baseline"):
+    for target in TARGETS:
         phases = document.get(target, {}).get("phases", {})
         points = sorted(
             (phase["offered_rate"], phase["latency_scheduled_ms"])

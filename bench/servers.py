@@ -95,6 +95,7 @@ def _baseline_command(spec: ServerSpec, port: int) -> tuple[list[str], dict[str,
             "BASELINE_KAFKA_BOOTSTRAP_SERVERS": spec.kafka_bootstrap,
             "BASELINE_KAFKA_TOPIC": spec.topic,
             "BASELINE_EVENT_SECRET": EVENT_SECRET,
+            "BASELINE_BATCHING": "client" if spec.name == "baseline-batched" else "none",
         }
     )
     command = [

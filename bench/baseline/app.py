@@ -4,26 +4,41 @@ A plain Starlette handler per endpoint: read the body, parse it (xmltodict for O
 Messages, ``json`` for events), and publish each notification with ``send_and_wait``, one after
 the other, before answering. The producer is the same client with the same guarantee as the
 receiver's (``acks=all``, idempotent, each send awaited) and aiokafka's defaults otherwise
-(``linger_ms=0``), so nothing is batched across requests. No dedupe, no schema validation, no
-org resolution, no recording: only what it takes to publish an event per notification.
+(``linger_ms=0``). No dedupe, no schema validation, no org resolution, no recording: only what
+it takes to publish an event per notification.
+
+Two variants, chosen by ``BASELINE_BATCHING``:
+
+``none`` (the default; the harness's ``baseline``)
+    No batching across requests, as issue #8 defines the baseline: one ``send_and_wait`` in
+    flight per process, so every produce request the broker sees carries one record of one HTTP
+    request. This is what Kafka's own ``batch.size=0`` means, and what a synchronous worker
+    (Flask under gunicorn, ``producer.send(...).get()``) does. aiokafka has no such setting,
+    hence the lock.
+``client`` (the harness's ``baseline-batched``)
+    The same handler without the lock. aiokafka then batches on its own: while one produce
+    request is in flight to a broker, the records that concurrent requests send meanwhile
+    gather into the next batch, so this variant batches across requests after all, without
+    asking to. It is measured too, so that the comparison with it is on record.
 
 It publishes the same kind of record (JSON value, ``org:record`` key, CloudEvents ``ce_``
 headers) so that ``scripts/bench`` reads back both topics the same way. Echoing
 ``X-Request-Id`` is the harness's instrumentation, not something the baseline needs.
 
 Configuration: ``BASELINE_KAFKA_BOOTSTRAP_SERVERS``, ``BASELINE_KAFKA_TOPIC``,
-``BASELINE_EVENT_SECRET`` (``whsec_...``).
+``BASELINE_EVENT_SECRET`` (``whsec_...``), ``BASELINE_BATCHING`` (``none`` or ``client``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +61,17 @@ ACK = (
 )
 
 producer: AIOKafkaProducer | None = None
+BATCHING = os.environ.get("BASELINE_BATCHING", "none")
+if BATCHING not in ("none", "client"):
+    raise SystemExit(f"BASELINE_BATCHING must be none or client, not {BATCHING!r}")
+#: With BATCHING "none", one send in flight per process: no produce request mixes two requests.
+SEND_LOCK: AbstractAsyncContextManager[Any] = asyncio.Lock() if BATCHING == "none" else nullcontext()
+
+
+async def send(topic: str, value: bytes, *, key: bytes, headers: list[tuple[str, bytes]]) -> None:
+    assert producer is not None
+    async with SEND_LOCK:
+        await producer.send_and_wait(topic, value, key=key, headers=headers)
 
 
 def echo(request: Request) -> dict[str, str]:
@@ -88,7 +114,7 @@ async def outbound_messages(request: Request) -> Response:
             "notification_id": notification["Id"],
             "action_id": message.get("ActionId"),
         }
-        await producer.send_and_wait(
+        await send(
             TOPIC,
             json.dumps(event).encode(),
             key=f"{org}:{record_id}".encode(),
@@ -115,7 +141,7 @@ async def events(request: Request) -> Response:
         event_info = message["data"].get("event", {})
         event_id = event_info.get("EventUuid") or f"{message['channel']}:{event_info.get('replayId')}"
         event = {"organization_id": org, "channel": message["channel"], "payload": message["data"]["payload"]}
-        await producer.send_and_wait(
+        await send(
             TOPIC,
             json.dumps(event).encode(),
             key=f"{org}:{message['channel']}".encode(),
