@@ -110,6 +110,14 @@ class PublishTimeout(PublishFailed):
     reason = "publish_timeout"
 
 
+class ShuttingDown(ReceiverError):
+    """The shutdown deadline (``RECEIVER_SHUTDOWN_TIMEOUT_S``) cut the request off: not acked, to be resent."""
+
+    status = 503
+    reason = "shutting_down"
+    retry_after_s = 5
+
+
 class DuplicateInFlight(ReceiverError):
     """Another copy of the same event is being published right now; retry shortly."""
 

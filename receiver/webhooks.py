@@ -8,6 +8,7 @@ in one place (``responses``), so no step can answer an Ack on its own.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -19,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from receiver import responses, signatures
-from receiver.errors import InvalidMessage, ReceiverError, Unauthenticated
+from receiver.errors import InvalidMessage, ReceiverError, ShuttingDown, Unauthenticated
 from receiver.event import utc_now_iso
 from receiver.ids import normalize_org_id
 from receiver.limits import (
@@ -78,7 +79,8 @@ class WebhookEndpoints:
         try:
             response = await handle(received_at)
             outcome = Outcome(response.status_code, "ok")
-        except ReceiverError as error:
+        except (ReceiverError, asyncio.CancelledError) as raised:
+            error = raised if isinstance(raised, ReceiverError) else self._cut_off_at_shutdown()
             self.metrics.rejected.labels(kind, str(error.status), error.reason).inc()
             log = logger.warning if error.status >= 500 else logger.info
             log("request refused", extra={"kind": kind, "status": error.status, "reason": error.reason})
@@ -92,6 +94,16 @@ class WebhookEndpoints:
             self.metrics.request_latency.labels(kind).observe(time.perf_counter() - started)
         self._record(request, kind, integration, received_at, outcome)
         return response
+
+    @staticmethod
+    def _cut_off_at_shutdown() -> ShuttingDown:
+        """uvicorn cancels the requests still running at the shutdown deadline. The sender gets
+        the endpoint's own error (a SOAP Fault, a problem document) rather than uvicorn's plain
+        500, and no Ack: the request ends here, so the cancellation is spent."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return ShuttingDown("the receiver is shutting down before this request was done; resend it")
 
     def _record(self, request: Request, kind: str, integration: str, received_at: str, outcome: Outcome) -> None:
         """Hand the request to the recorder (redaction happens there); never fails the request."""
