@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import click
 
 from receiver.errors import ConfigurationError, ReceiverError
 from receiver.settings import Settings, load_settings
+
+logger = logging.getLogger("receiver.cli")
 
 CONFIG_ENV = "RECEIVER_CONFIG"
 
@@ -64,6 +67,8 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
 
     settings = settings_or_exit(config_file, host=host, port=port, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
+    for note in settings.advice():
+        logger.warning(note)
     try:
         app = create_app(settings) if settings.workers == 1 else None
         options = uvicorn_options(settings)
@@ -104,7 +109,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # X-Forwarded-For is read by receiver.access, from RECEIVER_TRUSTED_PROXIES only.
         "proxy_headers": False,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
-        "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
+        # uvicorn waits with asyncio.wait_for: a fraction of a second is kept, not truncated to 0.
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         **tls_options(settings),
     }
 

@@ -175,6 +175,17 @@ class Settings(BaseSettings):
     def uses_kafka(self) -> bool:
         return self.kafka_bootstrap_servers is not None
 
+    def advice(self) -> list[str]:
+        """Valid but doubtful combinations, each one line for the start-up log."""
+        notes = []
+        if self.publish_timeout_s >= self.shutdown_timeout_s:
+            notes.append(
+                f"RECEIVER_PUBLISH_TIMEOUT_S ({self.publish_timeout_s:g}) is not below RECEIVER_SHUTDOWN_TIMEOUT_S "
+                f"({self.shutdown_timeout_s:g}): at SIGTERM a publish still waiting is cut off at the deadline "
+                "(503 shutting_down) instead of ending with its own answer"
+            )
+        return notes
+
     @classmethod
     def settings_customise_sources(
         cls,

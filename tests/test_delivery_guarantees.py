@@ -342,6 +342,7 @@ async def test_sigterm_with_publishes_stuck_past_the_deadline_answers_no_ack_and
         f"answers {[a and a.status_code for a in answers]}"
     )
     assert status == 0, receiver.log()
+    assert "RECEIVER_PUBLISH_TIMEOUT_S (3) is not below RECEIVER_SHUTDOWN_TIMEOUT_S (1)" in receiver.log()
     assert not any(answer is not None and is_soap_ack(answer) for answer in answers)
     cut_off = [answer for answer in answers if answer is not None]
     assert cut_off, "no stuck request was answered before the exit"

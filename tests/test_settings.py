@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from receiver.cli import uvicorn_options
 from receiver.errors import ConfigurationError
 from receiver.settings import load_settings
 
@@ -67,6 +68,18 @@ def test_publish_timeout_must_stay_below_salesforce_timeout() -> None:
     """Salesforce waits 60 s: a publish timeout of 60 s or more is refused."""
     with pytest.raises(ConfigurationError):
         load_settings(publish_timeout_s=60)
+
+
+def test_a_publish_timeout_not_below_the_shutdown_timeout_is_advised_against() -> None:
+    """Valid, but a publish in flight at SIGTERM would be cut off at the deadline: one line says so."""
+    assert load_settings().advice() == []
+    (note,) = load_settings(publish_timeout_s=30, shutdown_timeout_s=30).advice()
+    assert "RECEIVER_PUBLISH_TIMEOUT_S (30)" in note and "RECEIVER_SHUTDOWN_TIMEOUT_S (30)" in note
+
+
+def test_a_fractional_shutdown_timeout_reaches_uvicorn_whole() -> None:
+    """uvicorn waits with wait_for: 0.5 s must not become 0 (no grace at all)."""
+    assert uvicorn_options(load_settings(shutdown_timeout_s=0.5))["timeout_graceful_shutdown"] == 0.5
 
 
 def test_unknown_key_in_the_file_is_an_error(tmp_path: Path) -> None:
