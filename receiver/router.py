@@ -3,7 +3,8 @@
 It runs on the hot path, so everything is prepared once: globs are one regex per condition,
 kinds are compared as ``ce_type`` strings, templates are pre-split into literal text and
 placeholders. The topics chosen for one (kind, org, object, connection, change type) are cached
-in a bounded dict, so a steady stream costs one tuple and one dict lookup per event.
+in a bounded dict, so a steady stream costs one tuple and one dict lookup per event. The channel
+needs no place in that key: kind and object decide it.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class Router:
         values = {
             "kind": event.kind,
             "object": event.object or "",
+            "channel": _channel(event) or "",
             "org": event.organization_id,
             "integration": event.connection.integration,
             "connection": event.connection.connection_id,

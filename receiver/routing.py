@@ -51,8 +51,9 @@ __all__ = [
 Kind = Literal["outbound_message", "platform_event", "change_event"]
 ALL_KINDS: Final = frozenset(get_args(Kind))
 CHANGE_TYPES: Final = frozenset(get_args(ChangeType))
-#: What a topic template may name; ``{org}`` is the 18-character org id.
-PLACEHOLDERS: Final = ("kind", "object", "org", "integration", "connection", "change_type")
+#: What a topic template may name; ``{org}`` is the 18-character org id, ``{channel}`` the
+#: channel the ``channel`` condition matches (platform and change events only).
+PLACEHOLDERS: Final = ("kind", "object", "channel", "org", "integration", "connection", "change_type")
 #: Kafka's rules for topic names (``kafka.common.internals.Topic``).
 MAX_TOPIC_LENGTH: Final = 249
 _LEGAL_TOPIC: Final = re.compile(r"[a-zA-Z0-9._-]+")
@@ -127,9 +128,16 @@ class RouteRule(BaseModel):
         kinds = self.possible_kinds()
         if not kinds:
             raise ValueError("unreachable: its conditions exclude every kind of event (channel or change_type)")
-        uses_change_type = any("change_type" in _placeholders(topic) for topic in self.topics)
-        if uses_change_type and kinds != {"change_event"}:
+        # A placeholder some kind never has a value for is refused rather than rendered empty:
+        # the rule would send that kind to a topic the operator did not mean.
+        used = {name for topic in self.topics for name in _placeholders(topic)}
+        if "change_type" in used and kinds != {"change_event"}:
             raise ValueError("{change_type} in a topic needs kind = 'change_event' or a change_type condition")
+        if "channel" in used and "outbound_message" in kinds:
+            raise ValueError(
+                "{channel} in a topic needs kind = 'platform_event' or 'change_event', or a channel condition"
+                " (Outbound Messages have no channel)"
+            )
         return self
 
     def possible_kinds(self) -> frozenset[str]:

@@ -158,14 +158,29 @@ def test_all_conditions_of_a_rule_must_hold() -> None:
 
 
 def test_templates_render_every_placeholder() -> None:
-    """{kind} {object} {org} {integration} {connection} {change_type} come from the event."""
+    """{kind} {object} {channel} {org} {integration} {connection} {change_type} come from the event."""
     route = router(
         {
             "kind": "change_event",
-            "topics": ["sf.{kind}.{object}.{org}.{integration}.{connection}.{change_type}"],
+            "topics": ["sf.{kind}.{object}{channel}.{org}.{integration}.{connection}.{change_type}"],
         }
     )
-    assert route(change_event("UPDATE", "Account")) == (f"sf.change_event.Account.{ORG}.salesforce.acme-prod.UPDATE",)
+    assert route(change_event("UPDATE", "Account")) == (
+        f"sf.change_event.Account_data_AccountChangeEvent.{ORG}.salesforce.acme-prod.UPDATE",
+    )
+
+
+def test_channel_placeholder_renders_a_platform_event_channel_sanitized() -> None:
+    """{channel} of a platform event is its /event/ channel, slashes turned into underscores."""
+    route = router({"kind": "platform_event", "topics": ["sf{channel}", "pe.{channel}"]})
+    assert route(platform_event()) == ("sf_event_Low_Ink__e", "pe._event_Low_Ink__e")
+
+
+def test_channel_placeholder_renders_a_change_event_channel_sanitized() -> None:
+    """{channel} of a CDC event is its entity's /data/ channel, the one the channel condition matches."""
+    route = router({"channel": "/data/*", "topics": ["sf{channel}"]})
+    assert route(change_event(object_name="Contact")) == ("sf_data_ContactChangeEvent",)
+    assert route(change_event(object_name="Invoice__c")) == ("sf_data_Invoice__ChangeEvent",)
 
 
 def test_a_rule_fans_out_to_every_topic_it_names_once() -> None:
@@ -230,7 +245,7 @@ def config_error(routes: list[dict[str, Any]]) -> str:
 
 
 def test_unknown_placeholder_is_an_error_naming_the_rule() -> None:
-    """A placeholder outside the known six is refused with the rule's index and the name."""
+    """A placeholder outside the known seven is refused with the rule's index and the name."""
     detail = config_error([{"topics": ["ok"], "kind": "change_event"}, {"topics": ["sf.{tenant}"]}])
     assert detail.startswith("routes[1]") and "{tenant}" in detail
 
@@ -301,6 +316,26 @@ def test_an_unknown_change_type_is_an_error() -> None:
 def test_change_type_placeholder_needs_change_events_only() -> None:
     """{change_type} is refused in a rule that can match events without a change type."""
     assert "{change_type}" in config_error([{"kind": "outbound_message", "topics": ["x.{change_type}"]}])
+
+
+def test_channel_placeholder_is_refused_where_outbound_messages_can_match() -> None:
+    """{channel} is refused, naming the rule, in a rule that can match Outbound Messages (they have none)."""
+    detail = config_error(
+        [{"kind": "change_event", "topics": ["cdc"]}, {"object": "Contact", "topics": ["x{channel}"]}]
+    )
+    assert detail.startswith("routes[1]") and "{channel}" in detail and "Outbound Messages" in detail
+    assert "{channel}" in config_error([{"kind": "outbound_message", "topics": ["x{channel}"]}])
+
+
+def test_channel_placeholder_is_accepted_where_only_channel_events_match() -> None:
+    """{channel} loads in rules limited to platform or change events, by kind or by a channel condition."""
+    settings = settings_with(
+        [
+            {"kind": "change_event", "topics": ["by-kind{channel}"]},
+            {"channel": "/event/*", "topics": ["by-channel{channel}"]},
+        ]
+    )
+    assert [rule.topics for rule in settings.routes] == [["by-kind{channel}"], ["by-channel{channel}"]]
 
 
 def test_an_invalid_org_id_is_an_error() -> None:
