@@ -23,7 +23,7 @@ from starlette.routing import Route
 from receiver.access import SourceAccessMiddleware
 from receiver.connections import ConnectionResolver, ConnectionSource, StaticConnectionMap
 from receiver.dedupe import DedupeStore, MemoryDedupeStore
-from receiver.metrics import Metrics
+from receiver.metrics import METRICS_STATE_KEY, Metrics
 from receiver.middleware import RequestContextMiddleware
 from receiver.outbound import OutboundMessageParser
 from receiver.pipeline import Pipeline
@@ -149,13 +149,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
         return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Metrics]]:
         async with started(services):
             logger.info(
                 "receiver started",
                 extra={"sink": "kafka" if settings.uses_kafka else "file", "integrations": settings.integrations},
             )
-            yield
+            # The lifespan state reaches uvicorn's connection protocol too (its app_state), which
+            # counts the connections it refuses before any request exists.
+            yield {METRICS_STATE_KEY: services.metrics}
         logger.info("receiver stopped")
 
     routes = [

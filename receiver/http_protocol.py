@@ -16,7 +16,8 @@ This subclass adds, per connection:
 - with ``tls_client_names``, the names of the client certificate: others are cut off.
 
 Deadlines on the body are the handler's (``limits.read_body``), where the route is known.
-Refusals here happen before there is a request to record; they are logged at info level.
+Refusals here happen before there is a request to record; they are logged at info level and
+counted in ``receiver_connections_refused_total`` by reason.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from receiver.errors import ClientError, HeadersTooLarge, RequestTimeout
+from receiver.metrics import METRICS_STATE_KEY, Metrics
 from receiver.responses import problem
 from receiver.settings import Settings
 
@@ -107,6 +109,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if self.limits.client_names and not self._client_certificate_named(transport):
             logger.info("connection refused", extra={"reason": "client_certificate_name", "client": self.client})
+            self._count_refusal("client_certificate_name")
             self._refused = True
             transport.close()
             return
@@ -219,6 +222,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._disarm()
         logger.info("connection refused", extra={"reason": error.reason, "client": self.client})
+        self._count_refusal(error.reason)
         response = problem(error)
         head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n".encode()]
         head.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers if name != b"connection")
@@ -231,6 +235,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline = self.loop.call_later(_LINGER_S, self.transport.close)
         else:
             self.transport.close()
+
+    def _count_refusal(self, reason: str) -> None:
+        # The app's metrics, handed over through the lifespan state once it has started.
+        metrics: Metrics | None = self.app_state.get(METRICS_STATE_KEY)
+        if metrics is not None:
+            metrics.connections_refused.labels(reason).inc()
 
     def _client_certificate_named(self, transport: asyncio.Transport) -> bool:
         certificate = transport.get_extra_info("peercert")

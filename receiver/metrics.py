@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+#: The key of the app's ``Metrics`` in the lifespan state (uvicorn's ``app_state``).
+METRICS_STATE_KEY = "receiver.metrics"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 #: Label combinations remembered per metric; past it (hostile label values) lookups go the slow way.
 _MAX_REMEMBERED_CHILDREN = 1024
@@ -64,6 +66,7 @@ class Metrics:
     dedupe_unavailable: Counter = field(init=False)
     recording_failures: Counter = field(init=False)
     sink_recreated: Counter = field(init=False)
+    connections_refused: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         registry = self.registry
@@ -170,6 +173,16 @@ class Metrics:
             _Counter(
                 "receiver_sink_recreated",
                 "Kafka producers thrown away and built again after a fault",
+                registry=registry,
+            ),
+        )
+        set_metric(
+            "connections_refused",
+            _Counter(
+                "receiver_connections_refused",
+                "Connections answered and closed before a request reached the app (head too large or too slow, "
+                "client certificate name), by reason",
+                ["reason"],
                 registry=registry,
             ),
         )

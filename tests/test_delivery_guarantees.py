@@ -23,6 +23,7 @@ from tests.conftest import EXAMPLE_ORG_MAP, EXAMPLE_WSDL_DIR, SettingsFactory, l
 from tests.flood import flood
 from tests.kafka_helpers import read_topic, unique_topic
 from tests.processes import running_receiver
+from tests.prometheus import metric
 from tests.salesforce_sender import (
     OM_PATH,
     SOAP_HEADERS,
@@ -51,14 +52,6 @@ def readiness_is(client: httpx.AsyncClient, status: int) -> Callable[[], Awaitab
         return (await client.get("/readyz")).status_code == status
 
     return check
-
-
-def metric(text: str, name: str) -> float:
-    """The value of one unlabelled sample of the Prometheus text ``text``."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in the metrics")
 
 
 async def topic_ids(bootstrap: str, topic: str, expect: int) -> list[str]:

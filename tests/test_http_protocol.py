@@ -15,6 +15,7 @@ from receiver.app import create_app
 from receiver.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.om_payloads import outbound_message
+from tests.prometheus import metric
 from tests.servers import receiver_server_options, run_uvicorn
 
 OM_PATH = "/webhooks/salesforce/outbound-messages"
@@ -48,6 +49,13 @@ def head(*headers: str, path: str = "/healthz") -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: test\r\n" + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode()
 
 
+async def refused(address: tuple[str, int], reason: str) -> float:
+    """The server's receiver_connections_refused_total for ``reason``."""
+    async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
+        text = (await client.get("/metrics")).text
+    return metric(text, f'receiver_connections_refused_total{{reason="{reason}"}}')
+
+
 def problem_of(raw: bytes) -> dict[str, object]:
     document: dict[str, object] = orjson.loads(raw.partition(b"\r\n\r\n")[2])
     return document
@@ -58,6 +66,7 @@ async def test_a_head_over_the_byte_bound_is_431(make_settings: SettingsFactory)
     async with served(make_settings(max_header_bytes=4096)) as address, connection(address) as (reader, writer):
         writer.write(head(f"X-Padding: {'a' * 5000}"))
         raw = await answer(reader)
+        assert await refused(address, "headers_too_large") == 1
     assert raw.startswith(b"HTTP/1.1 431 ")
     assert b"application/problem+json" in raw
     assert problem_of(raw)["reason"] == "headers_too_large"
@@ -100,6 +109,7 @@ async def test_a_head_that_stalls_is_408_after_the_head_deadline(make_settings: 
         started = time.monotonic()
         writer.write(b"POST /webhooks/salesforce/outbound-messages HTTP/1.1\r\nHost: te")
         raw = await answer(reader)
+        assert await refused(address, "request_timeout") == 1
     assert raw.startswith(b"HTTP/1.1 408 ")
     assert problem_of(raw)["reason"] == "request_timeout"
     assert HEAD_TIMEOUT_S * 0.9 < time.monotonic() - started < HEAD_TIMEOUT_S + 2

@@ -22,6 +22,7 @@ from tests.conftest import SettingsFactory, live_receiver
 from tests.event_payloads import SECRET, TERAPI_SECRET, sample, signed_headers, terapi_headers
 from tests.kafka_helpers import read_topic, unique_topic
 from tests.om_payloads import SESSION_ID, outbound_message
+from tests.prometheus import metric
 from tests.test_outbound_endpoint import OM_PATH, SOAP, is_ack
 
 OM_TOKEN = "om-url-token-for-recording-tests-5d1c"
@@ -46,10 +47,7 @@ def recordings(settings: Settings) -> list[dict[str, Any]]:
 
 
 async def failures_metric(client: httpx.AsyncClient) -> float:
-    for line in (await client.get("/metrics")).text.splitlines():
-        if line.startswith("receiver_recording_failures_total "):
-            return float(line.split()[1])
-    raise AssertionError("receiver_recording_failures_total is not exported")
+    return metric((await client.get("/metrics")).text, "receiver_recording_failures_total")
 
 
 def entry(body: bytes | None = b"{}", *, received_at: str = "2025-01-01T00:00:00.000Z") -> RecordedRequest:

@@ -20,6 +20,7 @@ from receiver.tls import tls_options
 from tests.certificates import Authority, Issued
 from tests.conftest import SettingsFactory
 from tests.om_payloads import outbound_message
+from tests.prometheus import metric
 from tests.servers import receiver_server_options, run_uvicorn
 
 OM_PATH = "/webhooks/salesforce/outbound-messages"
@@ -117,6 +118,9 @@ async def test_client_names_admit_only_the_named_certificate(make_settings: Sett
         assert (await post_message(base_url, client_context(pki, pki.client))).status_code == 200
         with pytest.raises(httpx.TransportError):
             await post_message(base_url, client_context(pki, pki.other_client))
+        async with httpx.AsyncClient(base_url=base_url, verify=client_context(pki, pki.client)) as client:
+            text = (await client.get("/metrics")).text
+    assert metric(text, 'receiver_connections_refused_total{reason="client_certificate_name"}') == 1
 
 
 def test_a_missing_certificate_file_names_the_setting(make_settings: SettingsFactory, tmp_path: Path) -> None:
