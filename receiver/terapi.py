@@ -7,33 +7,32 @@ each. A refresh lists every connection and reads only the new or changed ones (b
 of the listed fields), because reads are the expensive part: one call per connection.
 
 terapi failing never takes the receiver down: the last good index keeps answering, failures are
-logged once per change of cause, counted, and retried on the schedule.
+logged once per change of cause, counted, and retried on the schedule. What the index holds (each
+connection's org id, the winner when several claim one org) is ``receiver.terapi_index``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections import defaultdict
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Final
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from receiver.errors import InvalidMessage
 from receiver.event import Connection
-from receiver.ids import normalize_org_id
 from receiver.settings import Settings
-from receiver.terapi_client import (
-    ConnectionDetails,
-    ListedConnection,
-    TerapiClient,
-    TerapiError,
-    TerapiUnauthorized,
+from receiver.terapi_client import ListedConnection, TerapiClient, TerapiError, TerapiUnauthorized
+from receiver.terapi_index import (
+    NO_ORG_ID,
+    SKIP_REASONS,
+    TRANSIENT_REASONS,
+    Entry,
+    EntryKey,
+    build_index,
+    org_id_of,
+    valid_org_id,
 )
 
 logger = logging.getLogger("receiver.terapi")
@@ -44,65 +43,6 @@ READ_CONCURRENCY: Final = 8
 #: How long a request waits for an unknown-org refresh. With the publish bound (20 s) this stays
 #: well under the 60 s Salesforce waits; a refresh that takes longer still completes behind it.
 UNKNOWN_ORG_WAIT_S: Final = 15.0
-#: Read failures after which the connection's last known org stays indexed: terapi hiccupped,
-#: the connection did not change owner. A 404 or 424 drops the connection instead.
-_TRANSIENT_REASONS: Final = ("terapi_unavailable", "terapi_bad_response", "terapi_rejected")
-NO_ORG_ID: Final = "no_org_id"
-#: Every reason a listed connection can be left out of the index, for the skipped gauge.
-SKIP_REASONS: Final = ("terapi_not_found", "terapi_refresh_exhausted", *_TRANSIENT_REASONS, NO_ORG_ID)
-# Salesforce's identity URL: https://login.salesforce.com/id/<org id>/<user id>
-_IDENTITY_PATH = re.compile(r"/id/(?P<org>[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)/[A-Za-z0-9]{15,18}/?")
-_OLDEST = datetime.min.replace(tzinfo=UTC)
-
-EntryKey = tuple[str, str]  # (integration, connection id or org id)
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """What the refreshes learned about one listed connection."""
-
-    listed: ListedConnection
-    org_id: str | None
-    #: Why the connection is not indexed, when it is not.
-    skipped: str | None = None
-    #: False when the last read failed, so that the next refresh reads it again.
-    current: bool = True
-    credentials_withheld: bool = False
-
-
-def _org_id_of(details: ConnectionDetails) -> str | None:
-    """The 18-character org id of a connection: from its identity URL, else its metadata.
-
-    The identity URL comes from Salesforce's own token response, so it wins when the two
-    disagree; the metadata is whatever the integrator stored.
-    """
-    from_identity = _org_id_from_identity_url(details.identity_url)
-    from_metadata = _valid_org_id(details.metadata_org_id)
-    if from_identity is not None and from_metadata not in (None, from_identity):
-        logger.warning(
-            "terapi connection's metadata.salesforce_org_id disagrees with its identity URL; using the identity URL",
-            extra={"connection_id": details.connection_id, "integration": details.integration, "org_id": from_identity},
-        )
-    return from_identity or from_metadata
-
-
-def _org_id_from_identity_url(url: str | None) -> str | None:
-    match = _IDENTITY_PATH.fullmatch(urlsplit(url).path) if url else None
-    return _valid_org_id(match["org"]) if match else None
-
-
-def _valid_org_id(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return normalize_org_id(value)
-    except InvalidMessage:
-        return None
-
-
-def _precedence(entry: _Entry) -> tuple[datetime, str]:
-    """Conflict order: the most recently created connection wins, then the greater id."""
-    return (entry.listed.created or _OLDEST, entry.listed.connection_id)
 
 
 class TerapiConnectionSource:
@@ -117,7 +57,7 @@ class TerapiConnectionSource:
         self._integrations = tuple(settings.integrations)
         self._refresh_interval_s = settings.terapi_refresh_interval_s
         self._unknown_org_interval_s = settings.terapi_unknown_org_refresh_interval_s
-        self._entries: dict[EntryKey, _Entry] = {}
+        self._entries: dict[EntryKey, Entry] = {}
         self._index: dict[EntryKey, Connection] = {}
         self._conflicts: dict[EntryKey, tuple[str, ...]] = {}
         self._ready = False
@@ -173,7 +113,7 @@ class TerapiConnectionSource:
 
         A miss waits (up to ``UNKNOWN_ORG_WAIT_S``) for a refresh when one is running or allowed.
         """
-        normalized = _valid_org_id(org_id)
+        normalized = valid_org_id(org_id)
         key = (integration, normalized or org_id)
         connection = self._index.get(key)
         if connection is not None:
@@ -270,13 +210,13 @@ class TerapiConnectionSource:
         )
         self._last_error = detail
 
-    async def _read_changed(self, listed: list[ListedConnection]) -> tuple[dict[EntryKey, _Entry], int]:
+    async def _read_changed(self, listed: list[ListedConnection]) -> tuple[dict[EntryKey, Entry], int]:
         """The entries of ``listed``, reading only connections that are new, changed or unread.
 
         Raises ``TerapiUnauthorized`` when a read is refused: every other read would be too.
         """
-        entries: dict[EntryKey, _Entry] = {}
-        to_read: list[tuple[ListedConnection, _Entry | None]] = []
+        entries: dict[EntryKey, Entry] = {}
+        to_read: list[tuple[ListedConnection, Entry | None]] = []
         for item in listed:
             key = (item.integration, item.connection_id)
             old = self._entries.get(key)
@@ -286,7 +226,7 @@ class TerapiConnectionSource:
                 to_read.append((item, old))
         limit = asyncio.Semaphore(READ_CONCURRENCY)
 
-        async def read(item: ListedConnection, old: _Entry | None) -> _Entry:
+        async def read(item: ListedConnection, old: Entry | None) -> Entry:
             async with limit:
                 return await self._read(item, old)
 
@@ -311,7 +251,7 @@ class TerapiConnectionSource:
             )
         return entries, len(to_read)
 
-    async def _read(self, item: ListedConnection, old: _Entry | None) -> _Entry:
+    async def _read(self, item: ListedConnection, old: Entry | None) -> Entry:
         context = {"connection_id": item.connection_id, "integration": item.integration}
         try:
             details = await self._client.get_connection(item.connection_id, item.integration)
@@ -319,45 +259,25 @@ class TerapiConnectionSource:
             raise
         except TerapiError as exc:
             logger.warning("terapi connection skipped: %s", exc.detail, extra={**context, "skip_reason": exc.reason})
-            if exc.reason in _TRANSIENT_REASONS and old is not None and old.org_id is not None:
+            if exc.reason in TRANSIENT_REASONS and old is not None and old.org_id is not None:
                 return replace(old, listed=item, current=False)
-            return _Entry(item, None, skipped=exc.reason, current=False)
-        org_id = _org_id_of(details)
+            return Entry(item, None, skipped=exc.reason, current=False)
+        org_id = org_id_of(details)
         if org_id is None:
             logger.warning(
                 "terapi connection has no org id in credentials.raw.id nor in metadata.salesforce_org_id",
                 extra={**context, "credentials_withheld": details.credentials_withheld},
             )
-        return _Entry(
+        return Entry(
             item,
             org_id,
             skipped=NO_ORG_ID if org_id is None else None,
             credentials_withheld=details.credentials_withheld,
         )
 
-    def _apply(self, entries: dict[EntryKey, _Entry]) -> None:
+    def _apply(self, entries: dict[EntryKey, Entry]) -> None:
         """Swap in the new index in one assignment, so that lookups never see half of it."""
-        claims: defaultdict[EntryKey, list[_Entry]] = defaultdict(list)
-        for entry in entries.values():
-            if entry.org_id is not None:
-                claims[(entry.listed.integration, entry.org_id)].append(entry)
-        index: dict[EntryKey, Connection] = {}
-        conflicts: dict[EntryKey, tuple[str, ...]] = {}
-        for key, claimants in claims.items():
-            ranked = sorted(claimants, key=_precedence, reverse=True)
-            index[key] = Connection(ranked[0].listed.connection_id, ranked[0].listed.integration)
-            if len(ranked) > 1:
-                conflicts[key] = tuple(entry.listed.connection_id for entry in ranked)
-                if self._conflicts.get(key) != conflicts[key]:
-                    logger.warning(
-                        "several terapi connections claim one org; the most recently created wins",
-                        extra={
-                            "integration": key[0],
-                            "org_id": key[1],
-                            "winner": conflicts[key][0],
-                            "losers": list(conflicts[key][1:]),
-                        },
-                    )
+        index, conflicts = build_index(entries, self._conflicts)
         self._entries, self._index, self._conflicts = entries, index, conflicts
         self._metrics.update(self._integrations, entries, index, conflicts)
 
@@ -402,7 +322,7 @@ class _SourceMetrics:
     def update(
         self,
         integrations: tuple[str, ...],
-        entries: dict[EntryKey, _Entry],
+        entries: dict[EntryKey, Entry],
         index: dict[EntryKey, Connection],
         conflicts: dict[EntryKey, tuple[str, ...]],
     ) -> None:
