@@ -8,6 +8,7 @@ and stops them in order.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ logger = logging.getLogger("receiver.app")
 
 #: A claim outlives the publish timeout a little, so a crashed claimant cannot block an event.
 CLAIM_MARGIN_S = 5.0
+#: At most one warning this often when the in-memory dedupe store drops live marks.
+EVICTION_WARNING_INTERVAL_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,7 @@ class Services:
     recorder: Recorder
 
 
-def build_dedupe(settings: Settings) -> DedupeStore:
+def build_dedupe(settings: Settings, metrics: Metrics) -> DedupeStore:
     claim_ttl_s = settings.publish_timeout_s + CLAIM_MARGIN_S
     if settings.redis_url is not None:
         from receiver.redis_dedupe import RedisDedupeStore
@@ -64,8 +67,24 @@ def build_dedupe(settings: Settings) -> DedupeStore:
         return RedisDedupeStore(
             settings.redis_url.get_secret_value(), claim_ttl_s=claim_ttl_s, commit_ttl_s=settings.dedupe_ttl_s
         )
+    warned_at = -EVICTION_WARNING_INTERVAL_S
+
+    def evicted_early(count: int) -> None:
+        nonlocal warned_at
+        metrics.dedupe_evicted_early.inc(count)
+        if time.monotonic() - warned_at >= EVICTION_WARNING_INTERVAL_S:
+            warned_at = time.monotonic()
+            logger.warning(
+                "in-memory dedupe is full: marks dropped before their TTL, resends of those events would be "
+                "published again; raise RECEIVER_DEDUPE_MAX_ENTRIES or set RECEIVER_REDIS_URL",
+                extra={"evicted": count, "max_entries": settings.dedupe_max_entries},
+            )
+
     return MemoryDedupeStore(
-        claim_ttl_s=claim_ttl_s, commit_ttl_s=settings.dedupe_ttl_s, max_entries=settings.dedupe_max_entries
+        claim_ttl_s=claim_ttl_s,
+        commit_ttl_s=settings.dedupe_ttl_s,
+        max_entries=settings.dedupe_max_entries,
+        on_early_eviction=evicted_early,
     )
 
 
@@ -82,7 +101,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     """Every component, not yet started; raises ``ConfigurationError`` for unusable settings."""
     metrics = metrics or Metrics()
     sink = build_sink(settings, metrics, build_router(settings))
-    dedupe = build_dedupe(settings)
+    dedupe = build_dedupe(settings, metrics)
     return Services(
         settings=settings,
         metrics=metrics,

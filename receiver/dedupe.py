@@ -8,7 +8,7 @@ event; a commit lives at least 25 hours, past Salesforce's 24 h retry window.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from itertools import islice
 from typing import Protocol
@@ -54,10 +54,20 @@ class MemoryDedupeStore:
     front of the dict once per new key.
     """
 
-    def __init__(self, *, claim_ttl_s: float, commit_ttl_s: float, max_entries: int) -> None:
+    def __init__(
+        self,
+        *,
+        claim_ttl_s: float,
+        commit_ttl_s: float,
+        max_entries: int,
+        on_early_eviction: Callable[[int], None] | None = None,
+    ) -> None:
         self.claim_ttl_s = claim_ttl_s
         self.commit_ttl_s = commit_ttl_s
         self.max_entries = max_entries
+        #: Told how many live entries (committed or claimed, not yet expired) an eviction dropped:
+        #: each is an event whose resend would be published again, the window cut short.
+        self.on_early_eviction = on_early_eviction
         # Evicting down to this many leaves room for a chunk of new keys before the next scan.
         self._evict_to = max_entries - max_entries // 16
         self._entries: dict[str, float] = {}
@@ -94,8 +104,13 @@ class MemoryDedupeStore:
 
     def _evict(self) -> None:
         entries = self._entries
+        now = time.monotonic()
+        live = 0
         for key in list(islice(entries, len(entries) - self._evict_to)):
-            del entries[key]
+            if abs(entries.pop(key)) > now:
+                live += 1
+        if live and self.on_early_eviction is not None:
+            self.on_early_eviction(live)
 
     async def commit(self, keys: Sequence[str]) -> None:
         committed_until = time.monotonic() + self.commit_ttl_s

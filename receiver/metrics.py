@@ -64,6 +64,7 @@ class Metrics:
     in_flight_requests: Gauge = field(init=False)
     in_flight_events: Gauge = field(init=False)
     dedupe_unavailable: Counter = field(init=False)
+    dedupe_evicted_early: Counter = field(init=False)
     recording_failures: Counter = field(init=False)
     sink_recreated: Counter = field(init=False)
     connections_refused: Counter = field(init=False)
@@ -161,6 +162,14 @@ class Metrics:
             _Counter(
                 "receiver_dedupe_unavailable",
                 "Events accepted without dedupe because the store failed",
+                registry=registry,
+            ),
+        )
+        set_metric(
+            "dedupe_evicted_early",
+            _Counter(
+                "receiver_dedupe_evicted_early",
+                "Dedupe marks the full in-memory store dropped before their TTL",
                 registry=registry,
             ),
         )

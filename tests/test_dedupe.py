@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import shutil
 import signal
@@ -18,12 +19,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from receiver.app import build_dedupe
 from receiver.dedupe import Claim, DedupeStore, DedupeUnavailable, MemoryDedupeStore
 from receiver.errors import ConfigurationError, PublishFailed
 from receiver.event import OUTBOUND_MESSAGE, CloudEvent, Connection
 from receiver.metrics import Metrics
 from receiver.pipeline import Delivery, Pipeline
 from receiver.redis_dedupe import RedisDedupeStore, redact_url
+from tests.conftest import SettingsFactory
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6390/0")
 CLAIM_TTL_S = 30.0
@@ -316,6 +319,50 @@ async def test_memory_store_keeps_the_newest_keys_past_the_bound() -> None:
     assert len(store) <= 160
     assert await store.claim(keys[-140:]) == [Claim.DUPLICATE] * 140
     assert await store.claim(keys[:1]) == [Claim.NEW]
+
+
+async def test_dropping_live_marks_is_reported_and_expired_ones_are_not() -> None:
+    """Evicting a mark still within its TTL shortens the dedupe window: the store says how many."""
+    reported: list[int] = []
+    store = MemoryDedupeStore(
+        claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, max_entries=16, on_early_eviction=reported.append
+    )
+    keys = unique_keys(17)
+    await store.claim(keys[:16])
+    await store.commit(keys[:16])
+    assert reported == []
+    await store.claim(keys[16:])
+    assert reported == [2]  # evicted down to 15/16 of the bound: the two oldest, both live
+
+
+async def test_dropping_expired_marks_is_not_reported() -> None:
+    reported: list[int] = []
+    store = MemoryDedupeStore(
+        claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=0.01, max_entries=16, on_early_eviction=reported.append
+    )
+    keys = unique_keys(17)
+    await store.claim(keys[:16])
+    await store.commit(keys[:16])
+    await asyncio.sleep(0.05)
+    await store.claim(keys[16:])
+    assert len(store) <= 16
+    assert reported == []
+
+
+async def test_a_full_memory_store_is_counted_and_warned_about(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app's store counts early evictions in receiver_dedupe_evicted_early_total and warns once."""
+    metrics = Metrics()
+    store = build_dedupe(make_settings(dedupe_max_entries=16), metrics)
+    keys = unique_keys(40)
+    with caplog.at_level(logging.WARNING, logger="receiver.app"):
+        for key in keys:
+            await store.claim([key])
+            await store.commit([key])
+    assert metrics.registry.get_sample_value("receiver_dedupe_evicted_early_total") == 40 - len(store)
+    warnings = [record for record in caplog.records if "dedupe is full" in record.getMessage()]
+    assert len(warnings) == 1
 
 
 async def test_memory_store_is_invisible_to_the_garbage_collector() -> None:
