@@ -205,7 +205,7 @@ def compile_globs(patterns: Sequence[str] | None) -> re.Pattern[str] | None:
 # --- reachability -------------------------------------------------------------------------
 
 
-def _coverscompile_globs(earlier: Sequence[str] | None, later: Sequence[str] | None) -> bool:
+def _covers_globs(earlier: Sequence[str] | None, later: Sequence[str] | None) -> bool:
     """True when every value ``later`` matches is matched by ``earlier`` (never a false yes)."""
     if earlier is None:
         return True
@@ -239,8 +239,8 @@ def _shadows(earlier: RouteRule, later: RouteRule) -> bool:
         if not expand_change_types(later.change_type) <= expand_change_types(earlier.change_type):
             return False
     return (
-        _coverscompile_globs(earlier.object, later.object)
-        and _coverscompile_globs(earlier.channel, later.channel)
+        _covers_globs(earlier.object, later.object)
+        and _covers_globs(earlier.channel, later.channel)
         and _covers_values(earlier.org, later.org)
         and _covers_values(earlier.integration, later.integration)
     )
