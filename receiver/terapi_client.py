@@ -156,6 +156,8 @@ class TerapiClient:
         self._collection = "/connection" if legacy_paths else "/connections"
         self._retry = retry or RetryPolicy()
         self._page_size = page_size
+        #: False once the server refused ``limit`` and ``page``: it is then listed in one call.
+        self._paged = True
         self._http: httpx.AsyncClient | None = None
         self._paused_until = 0.0
         self._errors: Counter | None = None
@@ -240,14 +242,25 @@ class TerapiClient:
         )
 
     async def _pages(self, integration_filter: str) -> AsyncIterator[list[dict[str, Any]]]:
+        if not self._paged:
+            yield await self._unpaged_list(integration_filter)
+            return
         previous_ids: list[object] | None = None
         for page in range(FIRST_PAGE, FIRST_PAGE + MAX_PAGES):
             params: dict[str, str | int] = {"integrationId": integration_filter, "limit": self._page_size, "page": page}
-            body = await self._get_json(self._collection, params)
-            items = body.get("connections") if isinstance(body, dict) else None
-            if not isinstance(items, list):
-                raise _bad_response("terapi connection list has no 'connections' array", self._collection)
-            entries = [item for item in items if isinstance(item, dict)]
+            try:
+                body = await self._get_json(self._collection, params)
+            except TerapiError as exc:
+                if page != FIRST_PAGE or exc.status_code != 400:
+                    raise
+                # A server that validates its query strictly and lists without paging: one call.
+                # Should that fail too, the 400 was not about paging, and its error is raised.
+                entries = await self._unpaged_list(integration_filter)
+                logger.warning("terapi refused 'limit' and 'page' (400); listing connections without them from now on")
+                self._paged = False
+                yield entries
+                return
+            items, entries = self._listed_entries(body)
             ids = [entry.get("connection_id") for entry in entries]
             if entries and ids == previous_ids:
                 logger.warning("terapi returned the same page twice; it seems to ignore 'page'", extra={"page": page})
@@ -257,6 +270,16 @@ class TerapiClient:
                 return
             previous_ids = ids
         raise _bad_response(f"terapi connection list did not end within {MAX_PAGES} pages", self._collection)
+
+    async def _unpaged_list(self, integration_filter: str) -> list[dict[str, Any]]:
+        return self._listed_entries(await self._get_json(self._collection, {"integrationId": integration_filter}))[1]
+
+    def _listed_entries(self, body: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+        """The ``connections`` array of a list answer, and its objects; raises ``TerapiError`` without one."""
+        items = body.get("connections") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise _bad_response("terapi connection list has no 'connections' array", self._collection)
+        return items, [item for item in items if isinstance(item, dict)]
 
     async def _get_json(self, path: str, params: dict[str, str | int]) -> Any:
         """GET with the retry policy; raises the ``TerapiError`` subclass matching the failure."""

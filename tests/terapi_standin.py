@@ -1,7 +1,8 @@
 """A stand-in for terapi's Connections API, served by a real uvicorn server.
 
 terapi cannot run here, so this speaks its documented wire format over real HTTP: the paged
-connection list (``GET /connections?integrationId=..&limit=..&page=..``, pages from 0), the
+connection list (``GET /connections?integrationId=..&limit=..&page=..``, pages from 0, or with
+``paging=False`` a strict server that refuses those parameters and lists everything), the
 connection read (``GET /connections/{id}?provider_config_key=..``) with Salesforce's raw token
 response under ``credentials.raw``, the legacy ``/connection`` paths, Bearer secret keys, and the
 failures terapi is known for (401, 404, 424, 429 with ``Retry-After``, 5xx, slow answers).
@@ -108,6 +109,9 @@ class TerapiStandin:
     credentials_scope: bool = True
     #: False: only the legacy ``/connection`` paths exist, as on older servers.
     modern_paths: bool = True
+    #: False: the list takes no ``limit`` or ``page`` (400 ``invalid_query_params`` for them,
+    #: as a server validating its query strictly does) and answers every connection at once.
+    paging: bool = True
     base_url: str = ""
     calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     connections: dict[tuple[str, str], StandinConnection] = field(default_factory=dict)
@@ -184,12 +188,17 @@ class TerapiStandin:
         if refused is not None:
             return refused
         query = request.query_params
+        if not self.paging and not {"limit", "page"}.isdisjoint(query):
+            return _error(400, "invalid_query_params")
         wanted = set(query["integrationId"].split(",")) if "integrationId" in query else None
-        limit, page = int(query.get("limit", "100")), int(query.get("page", "0"))
         matching = sorted(
             (c for c in self.connections.values() if wanted is None or c.integration in wanted), key=lambda c: c.id
         )
-        chosen = matching[page * limit : (page + 1) * limit]
+        if self.paging:
+            limit, page = int(query.get("limit", "100")), int(query.get("page", "0"))
+            chosen = matching[page * limit : (page + 1) * limit]
+        else:
+            chosen = matching
         return JSONResponse({"connections": [connection.listed() for connection in chosen]})
 
     async def _read(self, request: Request) -> Response:

@@ -183,6 +183,41 @@ async def test_connection_list_is_read_page_by_page(standin: TerapiStandin) -> N
             assert await source.resolve(org18(number), "salesforce") == Connection(f"c{number}", "salesforce")
 
 
+async def test_a_server_refusing_paging_parameters_is_listed_in_one_call(
+    terapi_logs: pytest.LogCaptureFixture,
+) -> None:
+    """A strict server answers 400 to limit and page: the list is read without them, from then on."""
+    async with run_standin(paging=False) as standin:
+        for number in range(3):
+            standin.add_connection(f"c{number}", org_id=org(number))
+        async with started_source(standin, page_size=2) as (source, _):
+            for number in range(3):
+                assert await source.resolve(org18(number), "salesforce") == Connection(f"c{number}", "salesforce")
+            standin.add_connection("late", org_id=org(7))
+            assert await source.resolve(org18(7), "salesforce") == Connection("late", "salesforce")
+        calls = standin.list_calls()
+    assert [sorted(query) for query in calls] == [
+        ["integrationId", "limit", "page"],  # refused with 400
+        ["integrationId"],
+        ["integrationId"],  # the unknown org's refresh asks without them straight away
+    ]
+    warnings = [r.getMessage() for r in terapi_logs.records if "refused 'limit' and 'page'" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_a_400_that_is_not_about_paging_keeps_paging(standin: TerapiStandin) -> None:
+    """When the call without paging fails too, the error stands and paging is kept for the next pass."""
+    standin.add_connection("c0", org_id=org(0))
+    standin.fail_next(2, 400)
+    async with started_source(standin) as (source, _):
+        assert await source.resolve(org18(0), "salesforce") == Connection("c0", "salesforce")
+    assert [sorted(query) for query in standin.list_calls()] == [
+        ["integrationId", "limit", "page"],
+        ["integrationId"],
+        ["integrationId", "limit", "page"],
+    ]
+
+
 async def test_unknown_org_flood_costs_one_list_pass_and_new_reads(standin: TerapiStandin) -> None:
     """100 concurrent lookups of unknown orgs share one refresh: one list pass plus reads of new connections."""
     standin.add_connection("old", org_id=org(1000))
