@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from receiver.event import Connection
 from receiver.settings import Settings
-from receiver.terapi_client import ListedConnection, TerapiClient, TerapiError, TerapiUnauthorized
+from receiver.terapi_client import TerapiClient, TerapiError, TerapiUnauthorized
 from receiver.terapi_index import (
     NO_ORG_ID,
     SKIP_REASONS,
@@ -34,6 +34,7 @@ from receiver.terapi_index import (
     org_id_of,
     valid_org_id,
 )
+from receiver.terapi_wire import ListedConnection
 
 logger = logging.getLogger("receiver.terapi")
 

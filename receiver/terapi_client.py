@@ -1,8 +1,8 @@
 """An async client for terapi's Connections API: list connections, read one connection.
 
-Only what org resolution needs leaves this module: the listing is reduced to keys and a
-fingerprint, a connection to its identity URL and metadata org id. Credentials (access and
-refresh tokens) are parsed here and dropped at once, so nothing downstream can log them.
+Only what org resolution needs leaves this module (``receiver.terapi_wire`` reduces the
+answers): the listing to keys and a fingerprint, a connection to its identity URL and metadata
+org id, its credentials dropped at once.
 
 Every call is bounded: 5xx answers, timeouts and transport errors are retried a few times with
 exponential backoff and jitter, 429 waits for ``Retry-After`` (capped) and pauses every call of
@@ -12,8 +12,6 @@ the client meanwhile, and anything else fails fast with a ``TerapiError`` naming
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import math
 import random
@@ -31,6 +29,7 @@ from pydantic import SecretStr
 
 from receiver.errors import ConfigurationError, ReceiverError
 from receiver.settings import Settings
+from receiver.terapi_wire import ConnectionDetails, ListedConnection, connection_details, listed_connection
 
 logger = logging.getLogger("receiver.terapi")
 
@@ -39,9 +38,6 @@ FIRST_PAGE = 0
 DEFAULT_PAGE_SIZE = 100
 #: A server that ignores ``page`` would otherwise be listed forever.
 MAX_PAGES = 10_000
-#: Only these listed fields can change which org a connection belongs to; volatile fields
-#: (errors, last fetch times) stay out so that they do not cause needless reads.
-_FINGERPRINT_FIELDS = ("id", "created", "created_at", "updated_at", "metadata")
 
 
 class TerapiError(ReceiverError):
@@ -95,28 +91,6 @@ class RetryPolicy:
         ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** (attempt - 1))
         # Jitter only spreads replicas' retries apart; it needs no cryptographic strength.
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311
-
-
-@dataclass(frozen=True, slots=True)
-class ListedConnection:
-    """One entry of the connection list; the list never carries credentials."""
-
-    connection_id: str
-    integration: str
-    created: datetime | None
-    fingerprint: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionDetails:
-    """What a connection read tells about its org, without the tokens it came with."""
-
-    connection_id: str
-    integration: str
-    identity_url: str | None
-    metadata_org_id: str | None
-    #: ``credentials: {}``: the secret key lacks the credentials scope.
-    credentials_withheld: bool
 
 
 class _BearerAuth(httpx.Auth):
@@ -218,7 +192,7 @@ class TerapiClient:
         found: dict[tuple[str, str], ListedConnection] = {}
         async for page in self._pages(",".join(integrations)):
             for item in page:
-                listed = _listed_connection(item)
+                listed = listed_connection(item)
                 # Filtered again here in case a server ignores integrationId.
                 if listed is not None and listed.integration in wanted:
                     found[(listed.integration, listed.connection_id)] = listed
@@ -230,16 +204,7 @@ class TerapiClient:
         body = await self._get_json(path, {"provider_config_key": integration})
         if not isinstance(body, dict):
             raise _bad_response("terapi connection body is not a JSON object", path)
-        credentials = body.get("credentials")
-        raw = credentials.get("raw") if isinstance(credentials, dict) else None
-        identity_url = raw.get("id") if isinstance(raw, dict) else None
-        return ConnectionDetails(
-            connection_id=connection_id,
-            integration=integration,
-            identity_url=identity_url if isinstance(identity_url, str) else None,
-            metadata_org_id=_metadata_org_id(body.get("metadata")),
-            credentials_withheld=not credentials,
-        )
+        return connection_details(connection_id, integration, body)
 
     async def _pages(self, integration_filter: str) -> AsyncIterator[list[dict[str, Any]]]:
         if not self._paged:
@@ -378,35 +343,3 @@ def _retry_after_s(value: str | None, policy: RetryPolicy, attempt: int) -> floa
     if not math.isfinite(seconds):
         return policy.max_retry_after_s
     return min(max(seconds, 0.0), policy.max_retry_after_s)
-
-
-def _listed_connection(item: dict[str, Any]) -> ListedConnection | None:
-    connection_id = item.get("connection_id")
-    integration = item.get("provider_config_key")
-    if not isinstance(connection_id, str) or not isinstance(integration, str):
-        logger.warning("terapi listed a connection without connection_id or provider_config_key")
-        return None
-    fingerprint_source = {field: item.get(field) for field in _FINGERPRINT_FIELDS}
-    encoded = json.dumps(fingerprint_source, sort_keys=True, default=str).encode()
-    return ListedConnection(
-        connection_id=connection_id,
-        integration=integration,
-        created=_parse_time(item.get("created", item.get("created_at"))),
-        fingerprint=hashlib.sha256(encoded).hexdigest(),
-    )
-
-
-def _metadata_org_id(metadata: object) -> str | None:
-    value = metadata.get("salesforce_org_id") if isinstance(metadata, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    # A naive time from terapi is UTC; making it aware keeps comparisons between connections valid.
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from receiver.errors import InvalidMessage
 from receiver.event import Connection
 from receiver.ids import normalize_org_id
-from receiver.terapi_client import ConnectionDetails, ListedConnection
+from receiver.terapi_wire import ConnectionDetails, ListedConnection
 
 __all__ = [
     "NO_ORG_ID",
