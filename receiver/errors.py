@@ -99,6 +99,13 @@ class Overloaded(ReceiverError):
         self.retry_after_s = retry_after_s
 
 
+class OrgOverloaded(Overloaded):
+    """One org has ``max_requests_in_flight_per_org`` requests being published: it waits its turn."""
+
+    status = 429
+    reason = "org_overloaded"
+
+
 class PublishFailed(ReceiverError):
     """The sink did not confirm every event; nothing may be acknowledged."""
 

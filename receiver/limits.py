@@ -1,13 +1,21 @@
-"""The first step of every request: integration, content type and body size, before any parsing."""
+"""Bounds on a request: integration, content type and body size before any parsing, and each
+org's share of the requests being published."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 from starlette.requests import Request
 
-from receiver.errors import PayloadTooLarge, RequestTimeout, UnknownIntegration, UnsupportedMediaType
+from receiver.errors import (
+    OrgOverloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnknownIntegration,
+    UnsupportedMediaType,
+)
 
 XML_CONTENT_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 JSON_CONTENT_TYPES = frozenset({"application/json", "application/cloudevents+json"})
@@ -57,3 +65,44 @@ async def read_body(request: Request, max_bytes: int, *, timeout_s: float | None
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class OrgSlots:
+    """Requests being published, counted per org, and bounded when ``limit`` is not 0.
+
+    The receiver serves many customers' orgs from one pool (``max_requests_in_flight``). A
+    mass update in one org sends Outbound Messages by the thousand; without a share per org,
+    they would fill the pool and every other org would get 503s. Past its share an org gets
+    429 with ``Retry-After`` at once, and Salesforce retries it later.
+    """
+
+    def __init__(self, limit: int, *, retry_after_s: int = 2) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self._held: dict[str, int] = {}
+
+    def held(self, org_id: str) -> int:
+        return self._held.get(org_id, 0)
+
+    @contextmanager
+    def hold(self, org_ids: Collection[str]) -> Iterator[None]:
+        """One slot of each org for the block; raises ``OrgOverloaded`` when one has none left."""
+        held = self._held
+        if self.limit:
+            for org_id in org_ids:
+                if held.get(org_id, 0) >= self.limit:
+                    raise OrgOverloaded(
+                        f"this org already has {self.limit} requests being published; retry shortly",
+                        retry_after_s=self.retry_after_s,
+                    )
+        for org_id in org_ids:
+            held[org_id] = held.get(org_id, 0) + 1
+        try:
+            yield
+        finally:
+            for org_id in org_ids:
+                remaining = held[org_id] - 1
+                if remaining:
+                    held[org_id] = remaining
+                else:
+                    del held[org_id]

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=64, ge=4)
     max_events_per_request: int = Field(default=1000, ge=1)
     max_requests_in_flight: int = Field(default=1000, ge=1)
+    #: Requests of one org being published at once; past it 429. 0: no bound per org.
+    max_requests_in_flight_per_org: int = Field(default=0, ge=0)
     #: Bytes of request bodies held at once (declared, or max_body_bytes when chunked); past it 503.
     #: What bounds memory under a flood of large bodies: about 4 bytes of RSS per byte here.
     max_body_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1024)

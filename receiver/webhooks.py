@@ -21,16 +21,18 @@ from starlette.routing import Route
 
 from receiver import responses, signatures
 from receiver.errors import InvalidMessage, ReceiverError, ShuttingDown, Unauthenticated
-from receiver.event import utc_now_iso
+from receiver.event import CloudEvent, utc_now_iso
 from receiver.ids import normalize_org_id
 from receiver.limits import (
     JSON_CONTENT_TYPES,
     XML_CONTENT_TYPES,
+    OrgSlots,
     check_content_type,
     check_integration,
     read_body,
 )
 from receiver.logs import request_id_var
+from receiver.pipeline import Delivery
 from receiver.processing import EVENTS, OUTBOUND, TERAPI, Origin, PayloadProcessor, webhook_delivery_id
 from receiver.recording import Outcome, RecordedRequest
 
@@ -48,6 +50,7 @@ class WebhookEndpoints:
         self.settings = services.settings
         self.metrics = services.metrics
         self.processor = PayloadProcessor(services)
+        self.org_slots = OrgSlots(self.settings.max_requests_in_flight_per_org)
         self._event_keys = [signatures.parse_webhook_secret(s.get_secret_value()) for s in self.settings.event_secrets]
         self._event_keys_by_org = {
             org: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
@@ -105,6 +108,13 @@ class WebhookEndpoints:
             task.uncancel()
         return ShuttingDown("the receiver is shutting down before this request was done; resend it")
 
+    async def _deliver(self, events: list[CloudEvent], *, delivery_id: str | None = None) -> Delivery:
+        """Publish through the pipeline, within each org's share of the requests in flight."""
+        if not self.org_slots.limit:
+            return await self.services.pipeline.deliver(events, delivery_id=delivery_id)
+        with self.org_slots.hold({event.organization_id for event in events}):
+            return await self.services.pipeline.deliver(events, delivery_id=delivery_id)
+
     def _record(self, request: Request, kind: str, integration: str, received_at: str, outcome: Outcome) -> None:
         """Hand the request to the recorder (redaction happens there); never fails the request."""
         if not self.services.recorder.enabled:
@@ -142,7 +152,7 @@ class WebhookEndpoints:
             self._authenticate_outbound(request)
             body = await self._read_body(request)
             events = await self.processor.outbound_message(integration, body, received_at, _origin(request))
-            await self.services.pipeline.deliver(events)
+            await self._deliver(events)
             return responses.soap_ack()
 
         return await self._answer(request, OUTBOUND, integration, responses.soap_fault, handle)
@@ -176,7 +186,7 @@ class WebhookEndpoints:
             )
             events = await self.processor.events(integration, body, header_org, received_at, _origin(request))
             delivery_id = webhook_delivery_id(integration, webhook_id)
-            delivery = await self.services.pipeline.deliver(events, delivery_id=delivery_id)
+            delivery = await self._deliver(events, delivery_id=delivery_id)
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
         return await self._answer(request, EVENTS, integration, responses.problem, handle)
@@ -202,7 +212,7 @@ class WebhookEndpoints:
             signatures.verify_terapi_signature(request.headers, body, secret.get_secret_value())
             header_org = request.headers.get("x-salesforce-org-id")
             events = await self.processor.terapi_forward(body, header_org, received_at, _origin(request))
-            delivery = await self.services.pipeline.deliver(events)
+            delivery = await self._deliver(events)
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
         return await self._answer(request, TERAPI, "terapi", responses.problem, handle)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.broker import kafka_paused, kill_kafka, start_kafka, start_redis, sto
 from tests.conftest import EXAMPLE_ORG_MAP, EXAMPLE_WSDL_DIR, SettingsFactory, live_receiver
 from tests.flood import flood
 from tests.kafka_helpers import read_topic, unique_topic
+from tests.om_payloads import outbound_message
 from tests.processes import running_receiver
 from tests.prometheus import metric
 from tests.salesforce_sender import (
@@ -36,6 +38,8 @@ from tests.salesforce_sender import (
 )
 
 DUPLICATES_METRIC = 'receiver_duplicates_total{kind="outbound_message"}'
+#: An org of examples/org-map.toml other than the one tests.salesforce_sender posts for.
+OTHER_ORG15 = "00Dxx0000001gPF"
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> float:
@@ -344,3 +348,45 @@ async def test_sigterm_with_publishes_stuck_past_the_deadline_answers_no_ack_and
         assert answer.headers["content-type"].startswith("text/xml")
         assert "<faultcode>soapenv:Server</faultcode>" in answer.text and "shutting_down" in answer.text
         assert answer.headers["retry-after"] == "5"
+
+
+@pytest.mark.kafka
+@pytest.mark.faults
+async def test_one_org_past_its_share_gets_429_while_other_orgs_are_served(
+    kafka_settings: SettingsFactory, kafka_bootstrap: str
+) -> None:
+    """With max_requests_in_flight_per_org = 2 and the broker stalled, an org's third request is
+    refused at once (429 Fault, Retry-After) while another org's request is taken; once the broker
+    answers, every request taken is acked and its events are in the topic."""
+    settings = kafka_settings(max_requests_in_flight_per_org=2, publish_timeout_s=20)
+    busy = fresh_messages(3, 1)
+    other_org = outbound_message(1, org15=OTHER_ORG15, notification_prefix="04l" + uuid.uuid4().hex[:7])
+    async with live_receiver(settings) as client:
+
+        async def post(body: bytes) -> httpx.Response:
+            return await client.post(OM_PATH, content=body, headers=SOAP_HEADERS)
+
+        async def publishing() -> float:
+            return metric((await client.get("/metrics")).text, "receiver_in_flight_requests")
+
+        with kafka_paused():
+            taken = [asyncio.create_task(post(message.body)) for message in busy[:2]]
+            await eventually(lambda: _at_least(publishing, 2), timeout_s=10, what="two requests in flight")
+            started = time.monotonic()
+            refused = await post(busy[2].body)
+            refused_s = time.monotonic() - started
+            taken.append(asyncio.create_task(post(other_org)))
+            await eventually(lambda: _at_least(publishing, 3), timeout_s=10, what="the other org's request taken")
+        answers = await asyncio.gather(*taken)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "2"
+    assert "<faultcode>soapenv:Server</faultcode>" in refused.text and "org_overloaded" in refused.text
+    assert refused_s < 1.0
+    assert all(is_soap_ack(answer) for answer in answers), [answer.status_code for answer in answers]
+    published = set(await topic_ids(kafka_bootstrap, str(settings.kafka_topic), 3))
+    assert all_ids(busy[:2]) <= published
+    assert not all_ids(busy[2:]) & published
+
+
+async def _at_least(read: Callable[[], Awaitable[float]], value: float) -> bool:
+    return await read() >= value
