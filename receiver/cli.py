@@ -1,4 +1,4 @@
-"""The ``sf-receiver`` command: ``serve``, ``replay`` and ``tail``."""
+"""The ``sf-receiver`` command: ``serve``, ``check``, ``replay`` and ``tail``."""
 
 from __future__ import annotations
 
@@ -90,6 +90,54 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
         if value is not None:
             os.environ[f"RECEIVER_{name}"] = str(value)
     uvicorn.run("receiver.cli:app_from_environment", factory=True, workers=settings.workers, **options)
+
+
+@main.command()
+@config_option
+def check(config_file: Path | None) -> None:
+    """Check the configuration without serving: exit 0 with a summary, or 2 with the problem.
+
+    Everything ``serve`` builds before it listens is built here (settings, routes, the org map,
+    the WSDLs, TLS files), so a configuration that passes also starts. Nothing is contacted:
+    Kafka, Redis and terapi are only named.
+    """
+    from receiver.app import build_services
+    from receiver.wsdl import WsdlRegistry
+
+    settings = settings_or_exit(config_file)
+    try:
+        services = build_services(settings)
+        uvicorn_options(settings)
+        wsdl_objects = sorted(WsdlRegistry.load(settings.wsdl_dir).objects)
+    except ConfigurationError as exc:
+        click.echo(f"sf-receiver: {exc.detail}", err=True)
+        sys.exit(2)
+    if settings.kafka_bootstrap_servers is not None:
+        sink = f"kafka {settings.kafka_bootstrap_servers}, default topic {settings.kafka_topic}"
+    else:
+        sink = f"file {settings.data_dir / 'events.jsonl'}"
+    lines = [
+        ("integrations", ", ".join(settings.integrations)),
+        ("sink", sink),
+        ("routes", f"{len(settings.routes)} rule(s)"),
+        ("dedupe", "redis" if settings.redis_url is not None else f"memory, {settings.dedupe_max_entries:,} entries"),
+        ("orgs", "; ".join(_described(source) for source in services.connections.describe())),
+        ("terapi", settings.terapi_base_url if settings.terapi_secret_key is not None else "not configured"),
+        ("wsdl types", ", ".join(wsdl_objects) or "none"),
+        ("recording", "on" if settings.recording_enabled else "off"),
+        ("listen", f"{settings.host}:{settings.port}" + (" (TLS)" if settings.tls_certfile else "")),
+    ]
+    for name, value in lines:
+        click.echo(f"{name:12} {value}")
+    for note in settings.advice():
+        click.echo(f"warning      {note}")
+    click.echo("configuration OK")
+
+
+def _described(source: dict[str, object]) -> str:
+    """An org source by name; the static map with its size (terapi's is known once it is read)."""
+    name = str(source.get("source"))
+    return f"{name} map, {source.get('orgs')} orgs" if name == "static" else name
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
