@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-# Content without "<" only: the scan stops at the next tag, so hostile input stays linear.
-_SESSION_ID = re.compile(rb"<(?P<prefix>[A-Za-z_][\w.-]*:)?SessionId\b[^>]*?(?:/>|>[^<]*</(?P=prefix)?SessionId\s*>)")
-# An opening SessionId tag left after the substitution (CDATA, comments, odd markup inside).
-_LEFTOVER = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?SessionId\b[^>]*(?<!/)>")
+# Neither the start tag nor the content may hold a "<": an attempt at one "<" ends at the next
+# one, so that no body (a megabyte of "<SessionId" without ">") costs more than linear time.
+_SESSION_ID = re.compile(rb"<(?P<prefix>[A-Za-z_][\w.-]*:)?SessionId\b[^<>]*?(?:/>|>[^<]*</(?P=prefix)?SessionId\s*>)")
 #: Stored instead of a body whose SessionId could not be redacted with certainty.
 UNREDACTABLE = b"<!-- body withheld: its SessionId could not be redacted -->"
 _NIL_SESSION = rb'<\g<prefix>SessionId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:nil="true"/>'
@@ -44,22 +43,39 @@ def redact_session_id(body: bytes) -> bytes:
     ``UNREDACTABLE`` instead when that cannot be done with certainty: a body in UTF-16 or UTF-32,
     or with the name left anywhere but in a nil element (markup the pattern cannot follow, an
     encoding that hides ``<`` such as UTF-7's ``+ADw-``, or a field merely named after it).
+
+    It runs for every recorded request, so the pattern is tried only where the name occurs (at
+    the ``<`` before it), not at every tag. The last check is what makes it safe: each nil
+    element carries the name once, so the name may occur no more often than nil elements do.
     """
-    if _WIDE_NAME.search(body) is not None:
+    if b"\x00" in body and _WIDE_NAME.search(body) is not None:
         return UNREDACTABLE
-    if b"SessionId" not in body:
+    found = body.find(b"SessionId")
+    if found == -1:
         return body
-
-    def replace(match: re.Match[bytes]) -> bytes:
-        prefix = match.group("prefix")
-        if prefix:
-            return match.expand(_NIL_SESSION)
-        return _NIL_SESSION_NO_PREFIX
-
-    redacted = _SESSION_ID.sub(replace, body)
-    if _LEFTOVER.search(redacted) is not None or redacted.count(b"SessionId") > redacted.count(_NIL_SESSION_TAIL):
+    parts: list[bytes] = []
+    done = 0
+    # Every "<" before this was tried already: the next occurrence looks no further back.
+    tried = 0
+    while found != -1:
+        opening = body.rfind(b"<", max(done, tried), found)
+        match = _SESSION_ID.match(body, opening) if opening != -1 else None
+        if match is None:
+            tried = found
+            found = body.find(b"SessionId", found + len(b"SessionId"))
+            continue
+        parts += (body[done:opening], _nil_element(match))
+        done = match.end()
+        found = body.find(b"SessionId", done)
+    parts.append(body[done:])
+    redacted = b"".join(parts)
+    if redacted.count(b"SessionId") > redacted.count(_NIL_SESSION_TAIL):
         return UNREDACTABLE
     return redacted
+
+
+def _nil_element(match: re.Match[bytes]) -> bytes:
+    return match.expand(_NIL_SESSION) if match.group("prefix") else _NIL_SESSION_NO_PREFIX
 
 
 def recorded_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import EXAMPLE_ORG_MAP, EXAMPLE_WSDL_DIR, SettingsFactory, live_receiver
@@ -221,3 +222,24 @@ async def test_made_up_integrations_add_no_metric_series(make_settings: Settings
     assert "made-up" not in metrics
     assert len(metrics) < before + 2000
     assert 'receiver_messages_received_total{integration="unknown",kind="event"} 50.0' in metrics
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<SessionId" * 400_000, b"<SessionId>" * 400_000, b"</SessionId><SessionId " * 200_000],
+    ids=["open-tags-without-end", "open-tags", "alternating"],
+)
+async def test_a_body_of_session_id_tags_is_refused_without_stalling_the_server(
+    receiver_settings: dict[str, object], tmp_path: Path, body: bytes
+) -> None:
+    """Redaction ran the SessionId pattern at every "<", each attempt to the end of the body: 4 MB
+    of "<SessionId" cost hours of CPU on the event loop. It is linear now: the answer is prompt
+    and the next request is served. (A server process, so that a regression times out here.)"""
+    headers = {"Content-Type": DEFAULT_CONTENT_TYPES["xml"], "SOAPAction": '""'}
+    async with (
+        running_receiver(receiver_settings, tmp_path / "logs") as receiver,
+        httpx.AsyncClient(base_url=receiver.base_url, timeout=20) as client,
+    ):
+        response = await client.post(ENDPOINTS["outbound"], content=body, headers=headers)
+        assert response.status_code == 400
+        assert (await client.get("/healthz")).status_code == 200
