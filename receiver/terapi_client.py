@@ -228,8 +228,13 @@ class TerapiClient:
             items, entries = self._listed_entries(body)
             ids = [entry.get("connection_id") for entry in entries]
             if entries and ids == previous_ids:
-                logger.warning("terapi returned the same page twice; it seems to ignore 'page'", extra={"page": page})
-                return
+                if page != FIRST_PAGE + 1:
+                    logger.warning("terapi repeats its pages; it seems to ignore 'page'", extra={"page": page})
+                    return
+                # Pages 0 and 1 alike: a server counting from 1 reads page 0 as page 1. Go on;
+                # should page 2 repeat them too, the server ignores 'page'.
+                logger.info("terapi answered pages 0 and 1 alike; it seems to count pages from 1")
+                continue
             yield entries
             if len(items) < self._page_size:
                 return

@@ -112,6 +112,9 @@ class TerapiStandin:
     #: False: the list takes no ``limit`` or ``page`` (400 ``invalid_query_params`` for them,
     #: as a server validating its query strictly does) and answers every connection at once.
     paging: bool = True
+    #: The number of the first page: 1 makes page 0 read as page 1, as on servers counting
+    #: from 1; None makes every page the first (a server that ignores ``page``).
+    first_page: int | None = 0
     base_url: str = ""
     calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     connections: dict[tuple[str, str], StandinConnection] = field(default_factory=dict)
@@ -196,7 +199,8 @@ class TerapiStandin:
         )
         if self.paging:
             limit, page = int(query.get("limit", "100")), int(query.get("page", "0"))
-            chosen = matching[page * limit : (page + 1) * limit]
+            index = 0 if self.first_page is None else max(page, self.first_page) - self.first_page
+            chosen = matching[index * limit : (index + 1) * limit]
         else:
             chosen = matching
         return JSONResponse({"connections": [connection.listed() for connection in chosen]})

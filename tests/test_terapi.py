@@ -183,6 +183,31 @@ async def test_connection_list_is_read_page_by_page(standin: TerapiStandin) -> N
             assert await source.resolve(org18(number), "salesforce") == Connection(f"c{number}", "salesforce")
 
 
+async def test_a_server_counting_pages_from_1_is_listed_whole(terapi_logs: pytest.LogCaptureFixture) -> None:
+    """Page 0 read as page 1 repeats it once: the repeat is skipped and paging goes on."""
+    async with run_standin(first_page=1) as standin:
+        for number in range(5):
+            standin.add_connection(f"c{number}", org_id=org(number))
+        async with started_source(standin, page_size=2) as (source, _):
+            for number in range(5):
+                assert await source.resolve(org18(number), "salesforce") == Connection(f"c{number}", "salesforce")
+        assert [query["page"] for query in standin.list_calls()] == ["0", "1", "2", "3"]
+    assert any("count pages from 1" in record.getMessage() for record in terapi_logs.records)
+
+
+async def test_a_server_ignoring_page_is_listed_once_and_said_so(terapi_logs: pytest.LogCaptureFixture) -> None:
+    """Every page the same: listing stops at the third request, with a warning, not after 10,000."""
+    async with run_standin(first_page=None) as standin:
+        for number in range(5):
+            standin.add_connection(f"c{number}", org_id=org(number))
+        async with started_source(standin, page_size=2) as (source, _):
+            assert await source.resolve(org18(1), "salesforce") == Connection("c1", "salesforce")
+            calls_at_start = [query["page"] for query in standin.list_calls()]
+    assert calls_at_start == ["0", "1", "2"]
+    warnings = [r.getMessage() for r in terapi_logs.records if r.levelno == logging.WARNING]
+    assert any("ignore 'page'" in message for message in warnings)
+
+
 async def test_a_server_refusing_paging_parameters_is_listed_in_one_call(
     terapi_logs: pytest.LogCaptureFixture,
 ) -> None:
