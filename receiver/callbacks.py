@@ -79,13 +79,18 @@ def _field_names(value: object) -> object:
 FieldNames = Annotated[list[str], BeforeValidator(_field_names)]
 
 
+#: Entity and channel names: Salesforce API names are at most 40 characters (80 with a namespace
+#: and suffix); they reach topic names, routing caches and partition hashes.
+MAX_NAME_LENGTH: Final = 255
+
+
 class _Inbound(BaseModel):
     # Salesforce adds fields to its envelopes over API versions: keep them, never reject.
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
 
 
 class ChangeEventHeaderModel(_Inbound):
-    entity_name: str = Field(alias="entityName", min_length=1)
+    entity_name: str = Field(alias="entityName", min_length=1, max_length=MAX_NAME_LENGTH)
     change_type: ChangeType = Field(alias="changeType")
     record_ids: FieldNames = Field(default_factory=list, alias="recordIds")
     changed_fields: FieldNames = Field(default_factory=list, alias="changedFields")
@@ -112,7 +117,7 @@ class EventDataModel(_Inbound):
 
 class CometDMessageModel(_Inbound):
     # Optional only for CDC, where the entity name gives the channel.
-    channel: str | None = Field(default=None, pattern=r"^/[A-Za-z]+/[A-Za-z0-9_]+$")
+    channel: str | None = Field(default=None, pattern=r"^/[A-Za-z]+/[A-Za-z0-9_]+$", max_length=MAX_NAME_LENGTH)
     data: EventDataModel
     organization_id: str | None = Field(default=None, alias="organizationId")
 
@@ -191,8 +196,15 @@ def _load_json(body: bytes, max_depth: int) -> Any:
 # --- messages ------------------------------------------------------------------------------
 
 
+#: Past this many validation errors only their number is told: listing them costs seconds and
+#: gigabytes for a list of millions of wrong values.
+_ERRORS_LISTED_UP_TO = 100
+
+
 def _describe(exc: ValidationError, where: str) -> str:
     """Field paths and what was expected, without the values sent."""
+    if exc.error_count() > _ERRORS_LISTED_UP_TO:
+        return f"{where or 'body'}: {exc.error_count()} values do not match the event schema"
     problems = []
     for error in exc.errors(include_input=False, include_url=False)[:3]:
         path = where
@@ -291,7 +303,7 @@ def _messages(document: Any, where: str, max_events: int) -> list[EventMessage]:
         if batch_org_id is not None and not isinstance(batch_org_id, str):
             raise InvalidMessage(f"{_join(where, 'organizationId')}: must be a string", reason="invalid_event")
     elif isinstance(document, dict):
-        return [_message(document, where, None)]
+        return _bounded([_message(document, where, None)], max_events)
     else:
         raise InvalidMessage(
             f'{where or "body"}: must be an event message, an array of them or {{"events": [...]}}',
@@ -304,6 +316,19 @@ def _messages(document: Any, where: str, max_events: int) -> list[EventMessage]:
         if not isinstance(item, dict):
             raise InvalidMessage(f"{items_where}[{index}]: must be an object", reason="invalid_event")
         messages.append(_message(item, f"{items_where}[{index}]", batch_org_id))
+    return _bounded(messages, max_events)
+
+
+def _bounded(messages: list[EventMessage], max_events: int) -> list[EventMessage]:
+    """``messages``, unless they make more than ``max_events`` events: a change event makes one
+    per record, so one message listing 100,000 record ids would be 100,000 events to build,
+    serialize and publish."""
+    count = sum(message.event_count for message in messages)
+    if count > max_events:
+        raise InvalidMessage(
+            f"{count} events in one body (a change event makes one per record); at most {max_events}",
+            reason="too_many_events",
+        )
     return messages
 
 

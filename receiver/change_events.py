@@ -80,6 +80,14 @@ class EventMessage:
     #: Present exactly when the payload carries a ``ChangeEventHeader``.
     change_event_header: ChangeEventHeader | None = None
 
+    @property
+    def event_count(self) -> int:
+        """The events it becomes: one per record of a change event, else one (see ``to_events``)."""
+        header = self.change_event_header
+        if header is None or header.change_type == GAP_OVERFLOW or not header.record_ids:
+            return 1
+        return len(header.record_ids)
+
 
 def to_iso_timestamp(value: object) -> str:
     """ISO 8601 UTC with milliseconds and ``Z`` from an ISO string or epoch milliseconds.

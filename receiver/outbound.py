@@ -61,6 +61,8 @@ _NIL_VALUES: Final = frozenset({"true", "1"})
 _SPECIAL_FIELDS: Final = frozenset({"Id", "fieldsToNull"})
 
 # The org id Salesforce appends to both API URLs, e.g. .../services/Soap/c/60.0/00Dxx0000001gPF.
+#: EnterpriseUrl and PartnerUrl are an instance's API URLs, well under 200 characters.
+MAX_URL_LENGTH: Final = 2048
 _URL_ORG_ID = re.compile(r"/([a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?)/?$")
 # Object API names go into a Kafka header and the message key: letters, digits, underscores.
 _OBJECT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,254}")
@@ -330,7 +332,11 @@ def _missing(parent: etree._Element, local_name: str, label: str) -> InvalidMess
 
 
 def _checked_url(element: etree._Element, name: str, organization_id: str) -> str:
-    return _checked_url_text(_text(element).strip(), name, organization_id)
+    url = _text(element).strip()
+    if len(url) > MAX_URL_LENGTH:
+        # Before the cache: 4,096 cached URLs of megabytes each would be gigabytes per worker.
+        raise InvalidMessage(f"{name} is longer than {MAX_URL_LENGTH} characters", reason="invalid_field_value")
+    return _checked_url_text(url, name, organization_id)
 
 
 # An org's URLs are the same in every message it sends: check each once. Only successes are

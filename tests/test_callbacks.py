@@ -405,3 +405,37 @@ def test_arbitrary_terapi_forwards_give_a_forward_or_invalid_message(body: bytes
     except InvalidMessage:
         return
     assert isinstance(forward, TerapiForward)
+
+
+# --- bounds on what one body may become ----------------------------------------------------
+
+
+def _record_ids(count: int) -> list[str]:
+    return [f"001ak{number:010d}" for number in range(count)]
+
+
+def test_a_change_event_counts_one_event_per_record_toward_the_bound() -> None:
+    """One message listing 1,001 records is 1,001 events: past max_events it is refused whole."""
+    at_bound = orjson.dumps(cdc_payload(recordIds=_record_ids(1000)))
+    assert parse_event_body(at_bound, max_events=1000)[0].event_count == 1000
+    past = orjson.dumps([cdc_payload(recordIds=_record_ids(600)), cdc_payload(recordIds=_record_ids(401))])
+    assert reason_of_parsing(past, max_events=1000) == "too_many_events"
+
+
+def test_a_gap_overflow_counts_as_one_event() -> None:
+    gap = orjson.dumps(cdc_payload(changeType="GAP_OVERFLOW", recordIds=[]))
+    assert parse_event_body(gap, max_events=1)[0].event_count == 1
+
+
+def test_millions_of_wrong_values_are_counted_not_listed() -> None:
+    """Listing 2,000,000 validation errors cost seconds and gigabytes; their number is told instead."""
+    body = orjson.dumps(cdc_payload(recordIds=[1] * 2_000_000))
+    with pytest.raises(InvalidMessage) as excinfo:
+        parse_event_body(body)
+    assert excinfo.value.reason == "invalid_event"
+    assert "2000000 values do not match the event schema" in excinfo.value.detail
+
+
+def test_an_overlong_entity_name_is_refused() -> None:
+    """Entity names reach topic names, the routing cache and the partition hash: 255 at most."""
+    assert reason_of_parsing(orjson.dumps(cdc_payload(entityName="A" * 256))) == "invalid_event"
