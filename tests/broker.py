@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,13 +25,37 @@ def kafka_pid() -> int:
 
 @contextmanager
 def kafka_paused() -> Iterator[None]:
-    """SIGSTOP the broker: connections stay open but nothing answers, the worst case for a client."""
+    """SIGSTOP the broker: connections stay open but nothing answers, the worst case for a client.
+
+    The block starts only once every thread of the broker is seen stopped: ``kill`` returns
+    before a busy JVM's threads have all halted, and a request sent in between can be answered.
+    """
     pid = kafka_pid()
     os.kill(pid, signal.SIGSTOP)
     try:
+        _wait_until_stopped(pid)
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def _wait_until_stopped(pid: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {_thread_state(task) for task in Path(f"/proc/{pid}/task").iterdir()}
+        if states <= {"T", "t", None}:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"broker (pid {pid}) not stopped after SIGSTOP: thread states {states}")
+        time.sleep(0.01)
+
+
+def _thread_state(task: Path) -> str | None:
+    try:
+        # "pid (comm) S ...": the state follows the last ")", as comm may hold spaces.
+        return (task / "stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # a thread that ended meanwhile
 
 
 def _services_environment() -> dict[str, str]:
