@@ -13,6 +13,8 @@ from collections.abc import Mapping
 # Neither the start tag nor the content may hold a "<": an attempt at one "<" ends at the next
 # one, so that no body (a megabyte of "<SessionId" without ">") costs more than linear time.
 _SESSION_ID = re.compile(rb"<(?P<prefix>[A-Za-z_][\w.-]*:)?SessionId\b[^<>]*?(?:/>|>[^<]*</(?P=prefix)?SessionId\s*>)")
+#: SessionId elements a body may hold and still be stored (an Outbound Message has one).
+MAX_SESSION_IDS = 8
 #: Stored instead of a body whose SessionId could not be redacted with certainty.
 UNREDACTABLE = b"<!-- body withheld: its SessionId could not be redacted -->"
 _NIL_SESSION = rb'<\g<prefix>SessionId xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:nil="true"/>'
@@ -42,7 +44,8 @@ def redact_session_id(body: bytes) -> bytes:
 
     ``UNREDACTABLE`` instead when that cannot be done with certainty: a body in UTF-16 or UTF-32,
     or with the name left anywhere but in a nil element (markup the pattern cannot follow, an
-    encoding that hides ``<`` such as UTF-7's ``+ADw-``, or a field merely named after it).
+    encoding that hides ``<`` such as UTF-7's ``+ADw-``, or a field merely named after it); and
+    for a body of more than ``MAX_SESSION_IDS`` SessionId elements.
 
     It runs for every recorded request, so the pattern is tried only where the name occurs (at
     the ``<`` before it), not at every tag. The last check is what makes it safe: each nil
@@ -64,6 +67,10 @@ def redact_session_id(body: bytes) -> bytes:
             tried = found
             found = body.find(b"SessionId", found + len(b"SessionId"))
             continue
+        if len(parts) == 2 * MAX_SESSION_IDS:
+            # Each nil element is longer than a bare <SessionId/>: many would blow a 5 MiB body
+            # up to 35 MB of recording. A message carries one SessionId.
+            return UNREDACTABLE
         parts += (body[done:opening], _nil_element(match))
         done = match.end()
         found = body.find(b"SessionId", done)

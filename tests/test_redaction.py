@@ -59,7 +59,9 @@ def reference_redaction(body: bytes) -> bytes:
         return UNREDACTABLE
     if b"SessionId" not in body:
         return body
-    redacted = redaction._SESSION_ID.sub(redaction._nil_element, body)
+    redacted, replaced = redaction._SESSION_ID.subn(redaction._nil_element, body)
+    if replaced > redaction.MAX_SESSION_IDS:
+        return UNREDACTABLE
     if _REFERENCE_LEFTOVER.search(redacted) is not None or redacted.count(b"SessionId") > redacted.count(
         redaction._NIL_SESSION_TAIL
     ):
@@ -106,3 +108,11 @@ def test_the_search_agrees_with_the_pattern_applied_at_every_tag(body: bytes) ->
 def test_the_search_agrees_on_real_messages() -> None:
     for body in (BODY, outbound_message(100), *(sample(name) for name in SAMPLE_FILES)):
         assert redact_session_id(body) == reference_redaction(body)
+
+
+def test_a_body_of_many_session_ids_is_withheld_not_blown_up() -> None:
+    """400,000 bare <SessionId/> would become 35 MB of nil elements in a recording."""
+    assert redact_session_id(b"<SessionId/>" * 400_000) == UNREDACTABLE
+    eight = b"<a>" + b"<SessionId>s</SessionId>" * redaction.MAX_SESSION_IDS + b"</a>"
+    assert redact_session_id(eight).count(redaction._NIL_SESSION_NO_PREFIX) == redaction.MAX_SESSION_IDS
+    assert redact_session_id(eight.replace(b"</a>", b"<SessionId/></a>")) == UNREDACTABLE
