@@ -8,7 +8,6 @@ and stops them in order.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from starlette.routing import Route
 from receiver.access import SourceAccessMiddleware
 from receiver.connections import ConnectionResolver, ConnectionSource, StaticConnectionMap
 from receiver.dedupe import DedupeStore, MemoryDedupeStore
+from receiver.logs import Throttle
 from receiver.metrics import METRICS_STATE_KEY, Metrics
 from receiver.middleware import RequestContextMiddleware
 from receiver.outbound import OutboundMessageParser
@@ -67,13 +67,11 @@ def build_dedupe(settings: Settings, metrics: Metrics) -> DedupeStore:
         return RedisDedupeStore(
             settings.redis_url.get_secret_value(), claim_ttl_s=claim_ttl_s, commit_ttl_s=settings.dedupe_ttl_s
         )
-    warned_at = -EVICTION_WARNING_INTERVAL_S
+    eviction_log = Throttle(EVICTION_WARNING_INTERVAL_S)
 
     def evicted_early(count: int) -> None:
-        nonlocal warned_at
         metrics.dedupe_evicted_early.inc(count)
-        if time.monotonic() - warned_at >= EVICTION_WARNING_INTERVAL_S:
-            warned_at = time.monotonic()
+        if eviction_log.ready():
             logger.warning(
                 "in-memory dedupe is full: marks dropped before their TTL, resends of those events would be "
                 "published again; raise RECEIVER_DEDUPE_MAX_ENTRIES or set RECEIVER_REDIS_URL",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,25 @@ from typing import Any
 import orjson
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class Throttle:
+    """Says yes at most once per ``interval_s``: for a warning a lasting fault would repeat on
+    every request (the first call says yes)."""
+
+    __slots__ = ("_last", "interval_s")
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return False
+        self._last = now
+        return True
+
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}

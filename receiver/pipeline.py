@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from receiver.dedupe import Claim, DedupeStore, DedupeUnavailable
 from receiver.errors import DuplicateInFlight, Overloaded
 from receiver.event import CloudEvent
+from receiver.logs import Throttle
 from receiver.metrics import Metrics
 from receiver.sink import Sink
 
@@ -35,7 +36,7 @@ class Pipeline:
         self.metrics = metrics
         self.max_events_in_flight = max_events_in_flight
         self._events_in_flight = 0
-        self._last_unavailable_log = -_UNAVAILABLE_LOG_INTERVAL_S
+        self._unavailable_log = Throttle(_UNAVAILABLE_LOG_INTERVAL_S)
 
     async def deliver(self, events: Sequence[CloudEvent], *, delivery_id: str | None = None) -> Delivery:
         """Publish the events not yet published.
@@ -128,7 +129,5 @@ class Pipeline:
             self._log_unavailable(exc)
 
     def _log_unavailable(self, exc: DedupeUnavailable) -> None:
-        now = time.monotonic()
-        if now - self._last_unavailable_log >= _UNAVAILABLE_LOG_INTERVAL_S:
-            self._last_unavailable_log = now
+        if self._unavailable_log.ready():
             logger.warning("dedupe store unavailable; accepting without dedupe", extra={"error": str(exc)})

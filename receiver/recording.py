@@ -22,7 +22,6 @@ import asyncio
 import base64
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from starlette.types import Scope
 
 from receiver.errors import ReceiverError
 from receiver.event import utc_now_iso
+from receiver.logs import Throttle
 from receiver.metrics import Metrics
 from receiver.processing import endpoint_of
 from receiver.redaction import recorded_headers, redact_session_id
@@ -241,7 +241,7 @@ class Recorder:
         self.metrics = metrics
         self._channels: list[_Channel] = []
         self._max_queued_bytes = max_queued_bytes
-        self._last_failure_log = -_FAILURE_LOG_INTERVAL_S
+        self._failure_log = Throttle(_FAILURE_LOG_INTERVAL_S)
         self._failures_since_log = 0
 
     @property
@@ -285,10 +285,8 @@ class Recorder:
     def count_failure(self, lost: int, detail: str) -> None:
         self.metrics.recording_failures.inc(lost)
         self._failures_since_log += lost
-        now = time.monotonic()
-        if now - self._last_failure_log >= _FAILURE_LOG_INTERVAL_S:
+        if self._failure_log.ready():
             logger.warning("requests not recorded", extra={"lost": self._failures_since_log, "error": detail})
-            self._last_failure_log = now
             self._failures_since_log = 0
 
 
