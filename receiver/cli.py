@@ -102,20 +102,20 @@ def check(config_file: Path | None) -> None:
     Kafka, Redis and terapi are only named.
     """
     from receiver.app import build_services
-    from receiver.wsdl import WsdlRegistry
+    from receiver.file_sink import EVENTS_FILE
 
     settings = settings_or_exit(config_file)
     try:
         services = build_services(settings)
         uvicorn_options(settings)
-        wsdl_objects = sorted(WsdlRegistry.load(settings.wsdl_dir).objects)
     except ConfigurationError as exc:
         click.echo(f"sf-receiver: {exc.detail}", err=True)
         sys.exit(2)
-    if settings.kafka_bootstrap_servers is not None:
+    wsdl_objects = sorted(services.outbound_parser.wsdl.objects)
+    if settings.uses_kafka:
         sink = f"kafka {settings.kafka_bootstrap_servers}, default topic {settings.kafka_topic}"
     else:
-        sink = f"file {settings.data_dir / 'events.jsonl'}"
+        sink = f"file {settings.data_dir / EVENTS_FILE}"
     lines = [
         ("integrations", ", ".join(settings.integrations)),
         ("sink", sink),

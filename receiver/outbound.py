@@ -114,6 +114,11 @@ class OutboundMessageParser:
         self._xml = SafeXmlParser(max_depth=max_depth, max_elements=max_elements)
         self._schema = _load_schema(ENVELOPE_SCHEMA_PATH)
 
+    @property
+    def wsdl(self) -> WsdlRegistry:
+        """The field types it applies."""
+        return self._wsdl
+
     def parse(self, body: bytes) -> OutboundMessage:
         """Parse and validate one request body.
 
