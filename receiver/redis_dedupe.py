@@ -8,7 +8,9 @@ Each call is one round trip whatever the batch size (an Outbound Message carries
 notifications): all three are Lua scripts, so a claim and the read of the value it lost to happen
 atomically, and a release can never delete a commit that landed in between. A script for commit
 too, rather than a pipeline of SETs: with 100 keys redis-py's pipeline spends ~1.4 ms in Python
-encoding and parsing, the script ~0.3 ms.
+encoding and parsing, the script ~0.3 ms. The calls of concurrent requests are joined into one
+round trip per operation (``receiver.coalescing``): a round trip costs redis-py about 70 µs of
+CPU whatever it carries, and without joining, Redis dedupe halved the requests served per second.
 
 Redis is an optimisation of the delivery guarantee, not part of it: when it does not answer
 within ``operation_timeout_s`` the call raises ``DedupeUnavailable`` and the pipeline publishes
@@ -31,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from receiver.coalescing import CoalescedCalls
 from receiver.dedupe import Claim, DedupeUnavailable
 from receiver.errors import ConfigurationError
 
@@ -78,6 +81,8 @@ return released
 """
 
 _CLAIM_RESULTS: Final = {_NEW: Claim.NEW, _DUPLICATE: Claim.DUPLICATE, _IN_FLIGHT: Claim.IN_FLIGHT}
+#: The most keys one joined round trip carries: a script of 1,000 SETs holds Redis for about 1 ms.
+MAX_KEYS_PER_ROUND_TRIP: Final = 1000
 
 
 def redact_url(url: str) -> str:
@@ -108,9 +113,9 @@ class _Connection:
     """What ``start`` creates and ``stop`` closes, together."""
 
     client: Redis
-    claim_script: AsyncScript
-    commit_script: AsyncScript
-    release_script: AsyncScript
+    claims: CoalescedCalls[Claim]
+    commits: CoalescedCalls[None]
+    releases: CoalescedCalls[None]
 
 
 class RedisDedupeStore:
@@ -170,11 +175,27 @@ class RedisDedupeStore:
         except ValueError as exc:
             # redis-py's message names the problem, not the URL; ours must not echo it either.
             raise ConfigurationError(f"RECEIVER_REDIS_URL is not a usable Redis URL: {exc}") from None
+        claim_script = client.register_script(_CLAIM_SCRIPT)
+        commit_script = client.register_script(_COMMIT_SCRIPT)
+        release_script = client.register_script(_RELEASE_SCRIPT)
+
+        async def claim(keys: list[str]) -> list[Claim]:
+            codes = await self._evaluate("claim", claim_script, keys, [self.claim_ttl_ms])
+            return [_CLAIM_RESULTS[int(code)] for code in codes]
+
+        async def commit(keys: list[str]) -> list[None]:
+            await self._evaluate("commit", commit_script, keys, [self.commit_ttl_ms])
+            return [None] * len(keys)
+
+        async def release(keys: list[str]) -> list[None]:
+            await self._evaluate("release", release_script, keys, [])
+            return [None] * len(keys)
+
         self._connection = _Connection(
             client,
-            claim_script=client.register_script(_CLAIM_SCRIPT),
-            commit_script=client.register_script(_COMMIT_SCRIPT),
-            release_script=client.register_script(_RELEASE_SCRIPT),
+            claims=CoalescedCalls(claim, max_keys=MAX_KEYS_PER_ROUND_TRIP),
+            commits=CoalescedCalls(commit, max_keys=MAX_KEYS_PER_ROUND_TRIP),
+            releases=CoalescedCalls(release, max_keys=MAX_KEYS_PER_ROUND_TRIP),
         )
         try:
             # Loading now saves the first request the NOSCRIPT round trips; the scripts reload
@@ -192,41 +213,35 @@ class RedisDedupeStore:
         """Close the client; idempotent."""
         connection, self._connection = self._connection, None
         if connection is not None:
+            # Calls still out end within the deadline, answered or failed, before the client goes.
+            for calls in (connection.claims, connection.commits, connection.releases):
+                await calls.wait_idle()
             await connection.client.aclose()
 
     async def claim(self, keys: Sequence[str]) -> list[Claim]:
         """Claim each key; raises ``DedupeUnavailable`` when Redis cannot answer."""
         if not keys:
             return []
-        script = self._connected().claim_script
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                codes = await script(keys=self._keys(keys), args=[self.claim_ttl_ms])
-        except (RedisError, OSError) as exc:
-            raise self._unavailable("claim", exc) from exc
-        return [_CLAIM_RESULTS[int(code)] for code in codes]
+        return await self._connected().claims.call(self._keys(keys))
 
     async def commit(self, keys: Sequence[str]) -> None:
         """Mark published keys as done for the commit TTL; raises ``DedupeUnavailable``."""
-        if not keys:
-            return
-        script = self._connected().commit_script
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                await script(keys=self._keys(keys), args=[self.commit_ttl_ms])
-        except (RedisError, OSError) as exc:
-            raise self._unavailable("commit", exc) from exc
+        if keys:
+            await self._connected().commits.call(self._keys(keys))
 
     async def release(self, keys: Sequence[str]) -> None:
         """Forget claims (never commits) so a resend is published; raises ``DedupeUnavailable``."""
-        if not keys:
-            return
-        script = self._connected().release_script
+        if keys:
+            await self._connected().releases.call(self._keys(keys))
+
+    async def _evaluate(self, operation: str, script: AsyncScript, keys: list[str], args: list[int]) -> list[int]:
+        """One round trip of a script, for the keys of every call joined into it."""
         try:
             async with asyncio.timeout(self._deadline_s):
-                await script(keys=self._keys(keys))
+                answer = await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise self._unavailable("release", exc) from exc
+            raise self._unavailable(operation, exc) from exc
+        return answer if isinstance(answer, list) else []
 
     @property
     def _deadline_s(self) -> float:

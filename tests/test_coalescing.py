@@ -1,0 +1,150 @@
+"""CoalescedCalls: concurrent calls of one keyed operation joined into one round trip.
+
+The operation here is a coroutine that records what each round trip carried and answers each
+key with its own text; ``tests/test_dedupe.py`` runs the same joining against the real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from receiver.coalescing import CoalescedCalls
+
+
+class Recorded:
+    """An operation that notes each round trip's keys and can be held open or made to fail."""
+
+    def __init__(self) -> None:
+        self.round_trips: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.failure: BaseException | None = None
+
+    async def __call__(self, keys: list[str]) -> list[str]:
+        self.round_trips.append(list(keys))
+        await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return [f"answer {key}" for key in keys]
+
+
+async def test_a_lone_call_goes_out_at_once_and_gets_its_answers() -> None:
+    """One call, one round trip, answered key by key in order."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    assert await calls.call(["a", "b"]) == ["answer a", "answer b"]
+    assert operation.round_trips == [["a", "b"]]
+
+
+async def test_calls_made_together_share_one_round_trip() -> None:
+    """Calls made in the same turn of the loop go out as one round trip, each answered its own keys."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    answers = await asyncio.gather(*(calls.call([f"k{i}", f"x{i}"]) for i in range(10)))
+    assert answers == [[f"answer k{i}", f"answer x{i}"] for i in range(10)]
+    assert len(operation.round_trips) == 1
+    assert operation.round_trips[0] == [key for i in range(10) for key in (f"k{i}", f"x{i}")]
+
+
+async def test_calls_made_while_one_is_out_wait_and_go_out_together() -> None:
+    """While a round trip is out, later calls queue; they leave together, in arrival order, once it returns."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    operation.gate.clear()
+    first = asyncio.create_task(calls.call(["first"]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert operation.round_trips == [["first"]]
+    later = [asyncio.create_task(calls.call([f"later{i}"])) for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert len(operation.round_trips) == 1, "nothing else may go out while the first is out"
+    operation.gate.set()
+    assert await first == ["answer first"]
+    assert [await task for task in later] == [[f"answer later{i}"] for i in range(5)]
+    assert operation.round_trips == [["first"], [f"later{i}" for i in range(5)]]
+    assert calls.round_trips == 2
+
+
+async def test_a_round_trip_carries_at_most_max_keys() -> None:
+    """Joined calls stop at max_keys; the rest go in the next round trip, never splitting a call."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=5)
+    answers = await asyncio.gather(
+        calls.call(["a1", "a2"]), calls.call(["b1", "b2"]), calls.call(["c1", "c2"]), calls.call(list("lonely7"))
+    )
+    assert answers[2] == ["answer c1", "answer c2"]
+    assert answers[3] == [f"answer {key}" for key in "lonely7"]
+    assert operation.round_trips == [["a1", "a2", "b1", "b2"], ["c1", "c2"], list("lonely7")]
+
+
+async def test_a_failed_round_trip_fails_its_calls_and_those_waiting_behind_it() -> None:
+    """Every call carried by a failed round trip, and every call queued behind it, gets its error."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    operation.gate.clear()
+    operation.failure = ConnectionError("store hung")
+    carried = asyncio.create_task(calls.call(["carried"]))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(calls.call(["waiting"]))
+    await asyncio.sleep(0.01)
+    operation.gate.set()
+    for task in (carried, waiting):
+        with pytest.raises(ConnectionError, match="store hung"):
+            await task
+    assert operation.round_trips == [["carried"]], "the waiting call must not meet the same store again"
+    operation.failure = None
+    assert await calls.call(["after"]) == ["answer after"]
+
+
+async def test_a_cancelled_caller_leaves_the_others_answered() -> None:
+    """A caller cut off while its round trip is out does not stop the others from getting answers."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    operation.gate.clear()
+    cut_off = asyncio.create_task(calls.call(["cut"]))
+    kept = asyncio.create_task(calls.call(["kept"]))
+    await asyncio.sleep(0.01)
+    cut_off.cancel()
+    operation.gate.set()
+    assert await kept == ["answer kept"]
+    assert cut_off.cancelled()
+    await calls.wait_idle()
+
+
+async def test_an_operation_answering_the_wrong_count_is_an_error_not_a_shifted_answer() -> None:
+    """Answers that do not match the keys one for one fail the calls instead of misattributing them."""
+
+    async def short(keys: list[str]) -> list[str]:
+        return keys[:-1]
+
+    calls = CoalescedCalls(short, max_keys=100)
+    with pytest.raises(RuntimeError, match="1 answers for 2 keys"):
+        await calls.call(["a", "b"])
+
+
+async def test_wait_idle_returns_once_the_round_trip_in_flight_is_done() -> None:
+    """wait_idle (used by stop) waits for the round trip out, then returns."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    operation.gate.clear()
+    call = asyncio.create_task(calls.call(["a"]))
+    await asyncio.sleep(0)
+    idle = asyncio.create_task(calls.wait_idle())
+    await asyncio.sleep(0.01)
+    assert not idle.done()
+    operation.gate.set()
+    await idle
+    assert call.done()
+    await calls.wait_idle()
+
+
+def test_max_keys_below_one_is_refused() -> None:
+    """A bound of zero keys could never send anything."""
+
+    async def operation(keys: list[str]) -> list[str]:
+        return keys
+
+    with pytest.raises(ValueError, match="max_keys"):
+        CoalescedCalls(operation, max_keys=0)
