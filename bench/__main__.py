@@ -46,7 +46,7 @@ def parse_arguments(argv: list[str]) -> tuple[harness.Options, bool]:
         quick=arguments.quick,
         workers=arguments.workers,
         duration_s=arguments.duration or (QUICK_DURATION_S if arguments.quick else FULL_DURATION_S),
-        targets=(arguments.only,) if arguments.only else report.TARGETS,
+        targets=(arguments.only,) if arguments.only else report.QUICK_TARGETS if arguments.quick else report.TARGETS,
         rates=rates,
         kafka_bootstrap=os.environ.get("RECEIVER_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         linger_ms=arguments.linger_ms,

@@ -1,7 +1,7 @@
-"""One benchmark run: for each target (receiver, baseline, baseline-batched) start it, run the load phases,
-stop it, read its topic back, and put the figures side by side.
+"""One benchmark run: for each target (receiver, receiver-redis, baseline, baseline-batched)
+start it, run the load phases, stop it, read its topic back, and put the figures side by side.
 
-Both targets get the same phases, payloads, broker and worker count, one after the other in
+All targets get the same phases, payloads, broker and worker count, one after the other in
 the same run: on a shared 2-core machine absolute figures drift with whatever else runs, so the
 ratio ours/baseline from one run is the figure that means something.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from bench import environment, profiling
 from bench.load import Phase, PhaseResult, run_phase
-from bench.servers import EVENT_SECRET, RunningServer, ServerSpec, running
+from bench.servers import EVENT_SECRET, RunningServer, ServerSpec, private_redis, running
 from bench.verify import compare, delete_topics, partition_offsets, read_ids
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -127,14 +127,23 @@ def run(options: Options) -> dict[str, Any]:
 
 
 def run_target(target: str, topic: str, options: Options, work: Path) -> dict[str, Any]:
+    if target != "receiver-redis":
+        return _run_target(target, topic, options, work, redis_url=None)
+    with private_redis(work / "redis") as redis_url:
+        return _run_target(target, topic, options, work, redis_url=redis_url)
+
+
+def _run_target(target: str, topic: str, options: Options, work: Path, *, redis_url: str | None) -> dict[str, Any]:
+    is_receiver = target.startswith("receiver")
     spec = ServerSpec(
         target,
         topic,
         options.workers,
         options.kafka_bootstrap,
         work / target,
-        linger_ms=options.linger_ms if target == "receiver" else None,
-        extra_env=options.receiver_env if target == "receiver" else (),
+        linger_ms=options.linger_ms if is_receiver else None,
+        redis_url=redis_url,
+        extra_env=options.receiver_env if is_receiver else (),
     )
     results: list[PhaseResult] = []
     profiles: dict[str, Any] = {}
@@ -271,6 +280,10 @@ def settings_of(options: Options) -> dict[str, Any]:
             "extra_settings": dict(options.receiver_env),
             "recording": "on (daily files, the default)",
             "ack_waits_for_broker": True,
+        },
+        "receiver-redis": {
+            "dedupe": "redis: a redis-server of the run's own on 127.0.0.1, started empty, no persistence",
+            "otherwise": "as receiver",
         },
         "baseline": {
             "acks": "all",

@@ -4,6 +4,11 @@
 ``RECEIVER_*`` variables (every inherited one is dropped first, so a developer's exports, such
 as ``RECEIVER_REDIS_URL`` from ``scripts/services start``, cannot change what is measured).
 
+``receiver-redis``: the same, with ``RECEIVER_REDIS_URL`` at a redis-server of its own
+(``private_redis``), started empty for the run: the setting of replicas sharing dedupe, and the
+dedupe marks of an earlier run (ids repeat from run to run) cannot make this run's events
+duplicates.
+
 ``baseline``: ``bench/baseline/app.py`` under the same uvicorn settings (uvloop, httptools, no
 access log, same number of workers), so the comparison isolates what the handlers do.
 """
@@ -11,6 +16,7 @@ access log, same number of workers), so the comparison isolates what the handler
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,7 +128,8 @@ def running(spec: ServerSpec, log_path: Path) -> Iterator[RunningServer]:
     SIGTERM, and the topic is read back only after that.
     """
     port = free_port()
-    build = _receiver_command if spec.name == "receiver" else _baseline_command
+    is_receiver = spec.name.startswith("receiver")
+    build = _receiver_command if is_receiver else _baseline_command
     command, env = build(spec, port)
     spec.data_dir.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -131,7 +138,7 @@ def running(spec: ServerSpec, log_path: Path) -> Iterator[RunningServer]:
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_until_ready(process, url, ready_path="/readyz" if spec.name == "receiver" else "/healthz", log=log_path)
+        _wait_until_ready(process, url, ready_path="/readyz" if is_receiver else "/healthz", log=log_path)
         yield RunningServer(spec.name, url, process.pid, spec.topic)
     finally:
         _stop(process)
@@ -162,3 +169,40 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@contextmanager
+def private_redis(directory: Path) -> Iterator[str]:
+    """A redis-server of the run alone on a free port, empty and without persistence; its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run scripts/services start once")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers_ping(port):
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with status {process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server not answering within {START_TIMEOUT_S} s")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(process)
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16) == b"+PONG\r\n"
+    except OSError:
+        return False

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bench.__main__ import parse_arguments
 from bench.load import Phase, parse_result
+from bench.servers import private_redis
 from bench.verify import compare
 from receiver.ids import checksum
 
@@ -66,3 +72,23 @@ def test_an_acked_id_missing_from_the_topic_is_lost() -> None:
     assert verdict.lost_sample == ["bench-C-0-0"]
     assert verdict.duplicates == 1
     assert verdict.unacked_published == 1
+
+
+def test_the_redis_target_gets_an_empty_redis_of_its_own(tmp_path: Path) -> None:
+    """receiver-redis runs against a fresh redis-server: marks of an earlier run (ids repeat) cannot
+    turn this run's events into duplicates, and the server is gone afterwards."""
+    with private_redis(tmp_path) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+            connection.sendall(b"DBSIZE\r\n")
+            assert connection.recv(16) == b":0\r\n"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_quick_runs_leave_out_the_redis_target() -> None:
+    """--quick must stay under 3 minutes: three targets; a full run has all four."""
+    quick, _ = parse_arguments(["--quick"])
+    full, _ = parse_arguments([])
+    assert quick.targets == ("receiver", "baseline", "baseline-batched")
+    assert full.targets == ("receiver", "receiver-redis", "baseline", "baseline-batched")
