@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -24,7 +23,7 @@ from receiver.access import SourceAccessMiddleware
 from receiver.connections import ConnectionResolver, ConnectionSource, StaticConnectionMap
 from receiver.dedupe import DedupeStore, MemoryDedupeStore
 from receiver.logs import Throttle
-from receiver.metrics import METRICS_STATE_KEY, Metrics
+from receiver.metrics import METRICS_STATE_KEY, Metrics, exposition
 from receiver.middleware import RequestContextMiddleware
 from receiver.outbound import OutboundMessageParser
 from receiver.pipeline import Pipeline
@@ -163,7 +162,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Metrics]]:

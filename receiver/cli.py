@@ -64,6 +64,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
 
     from receiver.app import create_app
     from receiver.logs import configure_logging
+    from receiver.metrics import workers_share_metrics
 
     settings = settings_or_exit(config_file, host=host, port=port, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
@@ -89,7 +90,8 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
     for name, value in (("HOST", host), ("PORT", port)):
         if value is not None:
             os.environ[f"RECEIVER_{name}"] = str(value)
-    uvicorn.run("receiver.cli:app_from_environment", factory=True, workers=settings.workers, **options)
+    with workers_share_metrics():
+        uvicorn.run("receiver.cli:app_from_environment", factory=True, workers=settings.workers, **options)
 
 
 @main.command()

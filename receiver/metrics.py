@@ -3,15 +3,31 @@
 A registry per app (not the process-global one) so that tests and replay can build several
 pipelines in one process. Components with metrics of their own register them in the same
 registry, passed to them by the app factory.
+
+With worker processes (``RECEIVER_WORKERS`` above 1) a scrape reaches one worker, chosen by
+the kernel, and its own counters alone would jump up and down from scrape to scrape. ``serve``
+then runs the workers in prometheus_client's multiprocess mode (``workers_share_metrics``):
+each worker keeps its values in memory-mapped files of one directory, and ``exposition`` sums
+every worker's files. Gauges say how they combine (``multiprocess_mode``): in-flight counts are
+summed over live workers, terapi index figures (each worker holds the same index) take the max.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
+#: Read by prometheus_client when it is imported: set, values live in files of that directory.
+MULTIPROCESS_DIRECTORY_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: The key of the app's ``Metrics`` in the lifespan state (uvicorn's ``app_state``).
 METRICS_STATE_KEY = "receiver.metrics"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
@@ -154,9 +170,19 @@ class Metrics:
         )
         set_metric(
             "in_flight_requests",
-            Gauge("receiver_in_flight_requests", "Webhook requests being processed", registry=registry),
+            Gauge(
+                "receiver_in_flight_requests",
+                "Webhook requests being processed",
+                registry=registry,
+                multiprocess_mode="livesum",
+            ),
         )
-        set_metric("in_flight_events", Gauge("receiver_in_flight_events", "Events being published", registry=registry))
+        set_metric(
+            "in_flight_events",
+            Gauge(
+                "receiver_in_flight_events", "Events being published", registry=registry, multiprocess_mode="livesum"
+            ),
+        )
         set_metric(
             "dedupe_unavailable",
             _Counter(
@@ -195,3 +221,35 @@ class Metrics:
                 registry=registry,
             ),
         )
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The ``/metrics`` text: the app's registry, or every worker's values summed when the
+    workers share metrics (``workers_share_metrics``)."""
+    directory = os.environ.get(MULTIPROCESS_DIRECTORY_ENV)
+    if not directory:
+        return generate_latest(registry)
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(combined)
+
+
+@contextmanager
+def workers_share_metrics() -> Iterator[Path]:
+    """For the worker processes started inside: a fresh directory for their metric files, named
+    in the environment they inherit (so it must be entered before they start), removed after.
+
+    Fresh because files of an earlier run would be summed in: counters would start where a
+    previous process left them.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="sf-receiver-metrics-"))
+    previous = os.environ.get(MULTIPROCESS_DIRECTORY_ENV)
+    os.environ[MULTIPROCESS_DIRECTORY_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_DIRECTORY_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_DIRECTORY_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)

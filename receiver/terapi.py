@@ -299,25 +299,33 @@ class _SourceMetrics:
             ["trigger", "outcome"],
             registry=registry,
         )
+        # Every worker holds the same index: with workers sharing metrics, their figures are one.
         self.index_orgs = Gauge(
-            "receiver_terapi_index_orgs", "Orgs in the terapi index", ["integration"], registry=registry
+            "receiver_terapi_index_orgs",
+            "Orgs in the terapi index",
+            ["integration"],
+            registry=registry,
+            multiprocess_mode="max",
         )
         self.conflicts = Gauge(
             "receiver_terapi_org_conflicts",
             "Orgs claimed by more than one terapi connection (the most recently created wins)",
             ["integration"],
             registry=registry,
+            multiprocess_mode="max",
         )
         self.skipped = Gauge(
             "receiver_terapi_skipped_connections",
             "Listed terapi connections left out of the index, by reason",
             ["reason"],
             registry=registry,
+            multiprocess_mode="max",
         )
         self.last_success = Gauge(
             "receiver_terapi_last_refresh_success_timestamp_seconds",
             "When the terapi index was last refreshed successfully",
             registry=registry,
+            multiprocess_mode="max",
         )
 
     def update(
