@@ -277,7 +277,7 @@ def _message(item: dict[str, Any], where: str, batch_org_id: str | None) -> Even
     organization_id = model.organization_id
     if organization_id is None:
         organization_id = batch_org_id
-    elif batch_org_id is not None and organization_id != batch_org_id:
+    elif batch_org_id is not None and not _same_org(organization_id, batch_org_id):
         raise InvalidMessage(f"{_join(where, 'organizationId')}: differs from the batch's", reason="org_mismatch")
     event = model.data.event
     return EventMessage(
@@ -289,6 +289,15 @@ def _message(item: dict[str, Any], where: str, batch_org_id: str | None) -> Even
         event_uuid=None if event is None else event.event_uuid,
         change_event_header=header,
     )
+
+
+def _same_org(first: str, second: str) -> bool:
+    """The 15- and 18-character forms of one org are one org. An id that is not an org id is
+    left to ``message_org_id`` to report; here it is only equal to itself."""
+    try:
+        return normalize_org_id(first) == normalize_org_id(second)
+    except InvalidMessage:
+        return first == second
 
 
 def _messages(document: Any, where: str, max_events: int) -> list[EventMessage]:

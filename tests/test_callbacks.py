@@ -71,6 +71,16 @@ def test_events_wrapper_with_a_message_of_another_org_is_refused() -> None:
     assert reason_of_parsing(body) == "org_mismatch"
 
 
+def test_events_wrapper_accepts_its_org_in_the_other_id_length() -> None:
+    """A batch org of 15 characters and a message org of 18 (or the reverse) are one org."""
+    for batch_org, message_org in ((ORG[:15], ORG), (ORG, ORG[:15])):
+        body = dumps(
+            {"organizationId": batch_org, "events": [{**platform_message(replayId=1), "organizationId": message_org}]}
+        )
+        [message] = parse_event_body(body)
+        assert message_org_id(message, None) == ORG
+
+
 def test_top_level_organization_id_is_kept_raw() -> None:
     """The message's own organizationId is handed on as sent, for message_org_id."""
     assert only_message(dumps({**platform_message(replayId=1), "organizationId": ORG_15})).organization_id == ORG_15
