@@ -243,16 +243,16 @@ def _change_events(
         targets = header.record_ids
     events = []
     for record_id in targets:
-        # GAP_OVERFLOW names no records: the entity stands in for the record in id and key.
-        target = header.entity_name if record_id is None else record_id
+        # GAP_OVERFLOW names no records: the entity stands in for the record in the id, and the
+        # key is the channel's, as for every event without a record.
         events.append(
             CloudEvent(
                 type=CHANGE_EVENT,
-                id=f"{id_prefix}:{target}",
+                id=f"{id_prefix}:{header.entity_name if record_id is None else record_id}",
                 organization_id=org_id,
                 connection=connection,
                 time=header.commit_timestamp,
-                key=f"{org_id}:{target}",
+                key=f"{org_id}:{message.channel if record_id is None else record_id}",
                 data={
                     "organization_id": org_id,
                     "connection": connection_dict,

@@ -162,9 +162,10 @@ def test_every_record_change_type_becomes_a_record_event(change_type: str) -> No
 
 
 def test_gap_overflow_becomes_one_event_for_the_entity() -> None:
-    """GAP_OVERFLOW names no records: one event identified and keyed by the entity."""
+    """GAP_OVERFLOW names no records: one event, identified by the entity and keyed by the
+    channel, as DESIGN keys every event without a record."""
     [event] = events_of(dumps(cdc_payload(changeType="GAP_OVERFLOW", recordIds=[])))
-    assert (event.id, event.subject, event.key) == ("tx-1:3:Account", None, f"{ORG}:Account")
+    assert (event.id, event.subject, event.key) == ("tx-1:3:Account", None, f"{ORG}:/data/AccountChangeEvent")
     assert event.data["record_id"] is None
 
 

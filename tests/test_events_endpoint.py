@@ -164,7 +164,7 @@ async def test_resent_webhook_id_is_a_duplicate(event_settings: SettingsFactory)
 
 
 async def test_gap_and_overflow_events(event_settings: SettingsFactory) -> None:
-    """GAP_UPDATE gives one event per record; GAP_OVERFLOW, without records, one keyed by entity."""
+    """GAP_UPDATE gives one event per record; GAP_OVERFLOW, without records, one named by entity."""
     settings = event_settings()
     gap = change_event(["001xx000003DGb4AAG"], change_type="GAP_UPDATE", sequence=1)
     overflow = change_event([], change_type="GAP_OVERFLOW", sequence=2)
