@@ -69,7 +69,7 @@ async def test_events_land_in_the_topics_the_rules_name(kafka_settings: Settings
     changes = await read_topic(bootstrap, f"{prefix}.cdc.Account", expect=2)
     assert sorted(r.header("ce_subject") for r in changes) == ["001xx000003DGb4AAG", "001xx000003DGb5AAG"]
     [gap] = await read_topic(bootstrap, f"{prefix}.gaps", expect=1)
-    assert gap.key == f"{ORG}:Account".encode()
+    assert gap.key == f"{ORG}:/data/AccountChangeEvent".encode()
     default = await read_topic(bootstrap, settings.kafka_topic, expect=1)
     assert [r.header("ce_sfobject") for r in default] == ["Account"]
 
