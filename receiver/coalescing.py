@@ -16,8 +16,10 @@ flight at once, and the Redis scripts take any number of keys, so their calls ar
   bounds how long one script blocks Redis.
 
 A failed round trip fails every call it carried, and the calls that waited behind it: they
-would meet the same hung or missing Redis, and each caller must hear within the store's
-deadline, not after a queue of deadlines.
+would meet the same hung or missing Redis. A slow Redis that still answers makes calls wait for
+the round trip ahead of theirs: each caller bounds its own wait (the store's deadline) rather
+than rely on the round trips'. A sender cut off (cancelled) fails its calls with
+``CoalescedCallInterrupted``, never with a cancellation their own task did not ask for.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ Answer = TypeVar("Answer")
 BatchOperation = Callable[[list[str]], Awaitable[Sequence[Answer]]]
 
 
+class CoalescedCallInterrupted(Exception):
+    """The round trip that was to carry the call was cancelled before it answered."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Waiting(Generic[Answer]):
     keys: Sequence[str]
@@ -43,11 +49,12 @@ class _Waiting(Generic[Answer]):
 class CoalescedCalls(Generic[Answer]):
     """Joins the concurrent ``call``s of one operation; see the module docstring."""
 
-    def __init__(self, operation: BatchOperation[Answer], *, max_keys: int) -> None:
+    def __init__(self, operation: BatchOperation[Answer], *, max_keys: int, deadline_s: float | None = None) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
         self._operation = operation
         self._max_keys = max_keys
+        self._deadline_s = deadline_s
         self._waiting: deque[_Waiting[Answer]] = deque()
         self._sender: asyncio.Task[None] | None = None
         #: Round trips made, for tests and the curious: fewer than calls once requests overlap.
@@ -55,18 +62,22 @@ class CoalescedCalls(Generic[Answer]):
 
     async def call(self, keys: Sequence[str]) -> list[Answer]:
         """The answers for ``keys``; raises what the operation raised for the round trip that
-        carried them (or for the one they waited behind)."""
+        carried them (or for the one they waited behind), ``TimeoutError`` past ``deadline_s``
+        from the call (whatever round trips it waited behind), ``CoalescedCallInterrupted``."""
         answer: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(keys, answer))
         if self._sender is None:
             # Started on the next turn of the loop: calls made in this turn join the first batch.
             self._sender = asyncio.create_task(self._send_waiting(), name="coalesced-calls")
-        return await answer
+            # Also when it is cancelled before its first step, where its own finally never runs.
+            self._sender.add_done_callback(self._sender_done)
+        async with asyncio.timeout(self._deadline_s):
+            return await answer
 
     async def wait_idle(self) -> None:
-        """Return once nothing is waiting or in flight (for ``stop``)."""
-        while self._sender is not None:
-            await asyncio.shield(self._sender)
+        """Return once nothing is waiting or in flight (for ``stop``); never raises the sender's end."""
+        while (sender := self._sender) is not None and not sender.done():
+            await asyncio.wait([sender])
 
     async def _send_waiting(self) -> None:
         try:
@@ -76,12 +87,13 @@ class CoalescedCalls(Generic[Answer]):
                 self.round_trips += 1
                 try:
                     answers = await self._operation(keys)
-                except BaseException as exc:
+                except asyncio.CancelledError:
+                    self._fail(batch, CoalescedCallInterrupted("the round trip was cancelled"))
+                    raise
+                except Exception as exc:  # noqa: BLE001 - handed to the callers, who decide
                     self._fail(batch, exc)
                     self._fail(self._waiting, exc)
                     self._waiting.clear()
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
                     continue
                 if len(answers) != len(keys):
                     self._fail(batch, RuntimeError(f"{len(answers)} answers for {len(keys)} keys"))
@@ -89,6 +101,19 @@ class CoalescedCalls(Generic[Answer]):
                 self._answer(batch, answers)
         finally:
             self._sender = None
+            # Left only when the sender was cut off: nobody would send them now.
+            self._fail_waiting()
+
+    def _sender_done(self, sender: asyncio.Task[None]) -> None:
+        # A sender cancelled before its first step never ran the finally above.
+        if self._sender is sender:
+            self._sender = None
+            self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        if self._waiting:
+            self._fail(self._waiting, CoalescedCallInterrupted("the sender of queued calls stopped"))
+            self._waiting.clear()
 
     def _next_batch(self) -> list[_Waiting[Answer]]:
         batch = [self._waiting.popleft()]
@@ -110,11 +135,7 @@ class CoalescedCalls(Generic[Answer]):
             start = end
 
     @staticmethod
-    def _fail(batch: Sequence[_Waiting[Answer]], exc: BaseException) -> None:
+    def _fail(batch: Sequence[_Waiting[Answer]], exc: Exception) -> None:
         for waiting in batch:
-            if waiting.answer.done():
-                continue
-            if isinstance(exc, asyncio.CancelledError):
-                waiting.answer.cancel()
-            else:
+            if not waiting.answer.done():
                 waiting.answer.set_exception(exc)

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from receiver.coalescing import CoalescedCalls
+from receiver.coalescing import CoalescedCallInterrupted, CoalescedCalls
 from receiver.dedupe import Claim, DedupeUnavailable
 from receiver.errors import ConfigurationError
 
@@ -81,6 +81,7 @@ return released
 """
 
 _CLAIM_RESULTS: Final = {_NEW: Claim.NEW, _DUPLICATE: Claim.DUPLICATE, _IN_FLIGHT: Claim.IN_FLIGHT}
+_Answer = TypeVar("_Answer")
 #: The most keys one joined round trip carries: a script of 1,000 SETs holds Redis for about 1 ms.
 MAX_KEYS_PER_ROUND_TRIP: Final = 1000
 
@@ -191,11 +192,14 @@ class RedisDedupeStore:
             await self._evaluate("release", release_script, keys, [])
             return [None] * len(keys)
 
+        # Each caller's wait is bounded too: behind a slow round trip it would otherwise wait
+        # for that one and then its own.
+        bounds = MAX_KEYS_PER_ROUND_TRIP, self._deadline_s
         self._connection = _Connection(
             client,
-            claims=CoalescedCalls(claim, max_keys=MAX_KEYS_PER_ROUND_TRIP),
-            commits=CoalescedCalls(commit, max_keys=MAX_KEYS_PER_ROUND_TRIP),
-            releases=CoalescedCalls(release, max_keys=MAX_KEYS_PER_ROUND_TRIP),
+            claims=CoalescedCalls(claim, max_keys=bounds[0], deadline_s=bounds[1]),
+            commits=CoalescedCalls(commit, max_keys=bounds[0], deadline_s=bounds[1]),
+            releases=CoalescedCalls(release, max_keys=bounds[0], deadline_s=bounds[1]),
         )
         try:
             # Loading now saves the first request the NOSCRIPT round trips; the scripts reload
@@ -222,17 +226,23 @@ class RedisDedupeStore:
         """Claim each key; raises ``DedupeUnavailable`` when Redis cannot answer."""
         if not keys:
             return []
-        return await self._connected().claims.call(self._keys(keys))
+        return await self._joined("claim", self._connected().claims, keys)
 
     async def commit(self, keys: Sequence[str]) -> None:
         """Mark published keys as done for the commit TTL; raises ``DedupeUnavailable``."""
         if keys:
-            await self._connected().commits.call(self._keys(keys))
+            await self._joined("commit", self._connected().commits, keys)
 
     async def release(self, keys: Sequence[str]) -> None:
         """Forget claims (never commits) so a resend is published; raises ``DedupeUnavailable``."""
         if keys:
-            await self._connected().releases.call(self._keys(keys))
+            await self._joined("release", self._connected().releases, keys)
+
+    async def _joined(self, operation: str, calls: CoalescedCalls[_Answer], keys: Sequence[str]) -> list[_Answer]:
+        try:
+            return await calls.call(self._keys(keys))
+        except (TimeoutError, CoalescedCallInterrupted) as exc:
+            raise self._unavailable(operation, exc) from exc
 
     async def _evaluate(self, operation: str, script: AsyncScript, keys: list[str], args: list[int]) -> list[int]:
         """One round trip of a script, for the keys of every call joined into it."""

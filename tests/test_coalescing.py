@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from receiver.coalescing import CoalescedCalls
+from receiver.coalescing import CoalescedCallInterrupted, CoalescedCalls
 
 
 class Recorded:
@@ -148,3 +148,59 @@ def test_max_keys_below_one_is_refused() -> None:
 
     with pytest.raises(ValueError, match="max_keys"):
         CoalescedCalls(operation, max_keys=0)
+
+
+async def test_a_call_behind_a_slow_round_trip_gives_up_at_its_own_deadline() -> None:
+    """A call queued behind a round trip that is slow (not failed) waits its own deadline, not two."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100, deadline_s=0.2)
+    operation.gate.clear()
+    first = asyncio.create_task(calls.call(["first"]))
+    await asyncio.sleep(0.15)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await calls.call(["queued"])
+    assert loop.time() - started < 0.3
+    with pytest.raises(TimeoutError):
+        await first
+    operation.gate.set()
+    await calls.wait_idle()
+    assert await calls.call(["after"]) == ["answer after"]
+
+
+async def test_a_sender_cancelled_mid_trip_interrupts_its_calls_without_cancelling_them() -> None:
+    """Callers of a cancelled round trip get CoalescedCallInterrupted (their own tasks were not
+    cancelled), the calls queued behind it too, and the next call is sent afresh."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    operation.gate.clear()
+    carried = asyncio.create_task(calls.call(["carried"]))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(calls.call(["queued"]))
+    await asyncio.sleep(0.01)
+    sender = calls._sender
+    assert sender is not None
+    sender.cancel()
+    for task in (carried, queued):
+        with pytest.raises(CoalescedCallInterrupted):
+            await task
+    await calls.wait_idle()
+    operation.gate.set()
+    assert await calls.call(["after"]) == ["answer after"]
+
+
+async def test_a_sender_cancelled_before_it_ran_fails_its_calls_and_frees_the_way() -> None:
+    """A sender cancelled before its first step still answers its calls, and later calls go out."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100)
+    waiting = asyncio.create_task(calls.call(["never sent"]))
+    await asyncio.sleep(0)  # the call is queued and its sender created, not yet run
+    sender = calls._sender
+    assert sender is not None
+    sender.cancel()
+    with pytest.raises(CoalescedCallInterrupted):
+        await waiting
+    await calls.wait_idle()
+    assert await calls.call(["after"]) == ["answer after"]
+    assert operation.round_trips == [["after"]]
