@@ -9,7 +9,8 @@ the kernel, and its own counters alone would jump up and down from scrape to scr
 then runs the workers in prometheus_client's multiprocess mode (``workers_share_metrics``):
 each worker keeps its values in memory-mapped files of one directory, and ``exposition`` sums
 every worker's files. Gauges say how they combine (``multiprocess_mode``): in-flight counts are
-summed over live workers, terapi index figures (each worker holds the same index) take the max.
+summed over live workers, terapi index figures (each worker holds the same index) take the
+largest live worker's value; the live gauges of workers that died are dropped at each scrape.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 #: Read by prometheus_client when it is imported: set, values live in files of that directory.
 MULTIPROCESS_DIRECTORY_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: Set by ``workers_share_metrics`` alone: a PROMETHEUS_MULTIPROC_DIR a user exported for some
+#: other purpose must not make ``/metrics`` sum whatever files that directory holds.
+SHARED_BY_WORKERS_ENV: Final = "SF_RECEIVER_WORKER_METRICS_DIR"
 #: The key of the app's ``Metrics`` in the lifespan state (uvicorn's ``app_state``).
 METRICS_STATE_KEY = "receiver.metrics"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
@@ -226,12 +230,42 @@ class Metrics:
 def exposition(registry: CollectorRegistry) -> bytes:
     """The ``/metrics`` text: the app's registry, or every worker's values summed when the
     workers share metrics (``workers_share_metrics``)."""
-    directory = os.environ.get(MULTIPROCESS_DIRECTORY_ENV)
+    directory = os.environ.get(SHARED_BY_WORKERS_ENV)
     if not directory:
         return generate_latest(registry)
+    forget_dead_workers(Path(directory))
     combined = CollectorRegistry()
     MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
     return generate_latest(combined)
+
+
+def forget_dead_workers(directory: Path) -> None:
+    """Drop the live gauges of workers that are gone (killed by uvicorn as unresponsive, or
+    crashed): their in-flight counts would otherwise stay in every sum. Counters stay: what a
+    dead worker counted did happen."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid_text = path.stem.rpartition("_")[2]
+        if pid_text.isdigit() and not _is_running(int(pid_text)):
+            mark_process_dead(int(pid_text), str(directory))  # type: ignore[no-untyped-call]
+
+
+def _is_running(pid: int) -> bool:
+    """True for a process that exists and has not exited (a killed worker stays a zombie until
+    uvicorn's supervisor reaps it, which may be after the next scrape)."""
+    if Path("/proc/self/stat").exists():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        # The state follows the command name, which is in parentheses and may hold spaces.
+        return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    try:  # no /proc: existence is what can be asked
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
@@ -243,13 +277,14 @@ def workers_share_metrics() -> Iterator[Path]:
     previous process left them.
     """
     directory = Path(tempfile.mkdtemp(prefix="sf-receiver-metrics-"))
-    previous = os.environ.get(MULTIPROCESS_DIRECTORY_ENV)
-    os.environ[MULTIPROCESS_DIRECTORY_ENV] = str(directory)
+    previous = {name: os.environ.get(name) for name in (MULTIPROCESS_DIRECTORY_ENV, SHARED_BY_WORKERS_ENV)}
+    os.environ[MULTIPROCESS_DIRECTORY_ENV] = os.environ[SHARED_BY_WORKERS_ENV] = str(directory)
     try:
         yield directory
     finally:
-        if previous is None:
-            os.environ.pop(MULTIPROCESS_DIRECTORY_ENV, None)
-        else:
-            os.environ[MULTIPROCESS_DIRECTORY_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(directory, ignore_errors=True)

@@ -305,21 +305,21 @@ class _SourceMetrics:
             "Orgs in the terapi index",
             ["integration"],
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.conflicts = Gauge(
             "receiver_terapi_org_conflicts",
             "Orgs claimed by more than one terapi connection (the most recently created wins)",
             ["integration"],
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.skipped = Gauge(
             "receiver_terapi_skipped_connections",
             "Listed terapi connections left out of the index, by reason",
             ["reason"],
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.last_success = Gauge(
             "receiver_terapi_last_refresh_success_timestamp_seconds",

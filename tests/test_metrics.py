@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.metrics import exposition
+from receiver.metrics import MULTIPROCESS_DIRECTORY_ENV, exposition, forget_dead_workers
 from tests.om_payloads import outbound_message
 from tests.processes import running_receiver
 
@@ -78,3 +85,93 @@ def test_a_single_process_exposes_its_own_registry() -> None:
     registry = CollectorRegistry()
     Counter("receiver_test_things", "Things", registry=registry).inc(3)
     assert samples(exposition(registry).decode())[("receiver_test_things_total", frozenset())] == 3
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def write_value(path: Path, metric: str, value: float) -> None:
+    values = MmapedDict(str(path))
+    values.write_value(mmap_key(metric, metric, [], [], metric), value, 0.0)
+    values.close()
+
+
+def test_live_gauges_of_dead_workers_are_forgotten_and_their_counts_kept(tmp_path: Path) -> None:
+    """A dead worker's in-flight gauge leaves the sums; its counters stay (they happened); the
+    files of running processes are kept."""
+    dead, alive = dead_pid(), os.getpid()
+    for pid in (dead, alive):
+        write_value(tmp_path / f"gauge_livesum_{pid}.db", "receiver_in_flight_requests", 3)
+        write_value(tmp_path / f"counter_{pid}.db", "receiver_messages_received_total", 7)
+    forget_dead_workers(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead}.db", f"counter_{alive}.db", f"gauge_livesum_{alive}.db"]
+    )
+
+
+def test_a_multiprocess_directory_exported_by_the_user_is_not_summed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR the user exported (one process, other files in it) leaves
+    /metrics to the app's own registry: only serve's worker directory is summed."""
+    write_value(tmp_path / "counter_1.db", "receiver_test_things_total", 500)
+    monkeypatch.setenv(MULTIPROCESS_DIRECTORY_ENV, str(tmp_path))
+    registry = CollectorRegistry()
+    Counter("receiver_test_things", "Things", registry=registry).inc()
+    assert samples(exposition(registry).decode())[("receiver_test_things_total", frozenset())] == 1
+
+
+def in_flight_by_worker(directory: Path) -> dict[int, float]:
+    found: dict[int, float] = {}
+    for path in directory.glob("gauge_livesum_*.db"):
+        for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(str(path)):
+            if json.loads(key)[0] == "receiver_in_flight_requests":
+                found[int(path.stem.rpartition("_")[2])] = value
+    return found
+
+
+async def test_a_worker_killed_mid_request_leaves_no_request_in_flight_behind(tmp_path: Path) -> None:
+    """uvicorn kills a hung worker: the request it held is no longer counted in flight, and what
+    it counted before is still counted."""
+    directories_before = metric_directories()
+    settings = {
+        "workers": 2,
+        "data_dir": tmp_path / "var",
+        "org_map_file": REPO / "examples" / "org-map.toml",
+        "wsdl_dir": REPO / "examples" / "wsdl",
+        "recording_enabled": "false",
+        "request_timeout_s": 30,
+    }
+    async with running_receiver(settings, tmp_path / "logs") as receiver:
+        assert await post_on_own_connection(receiver.base_url, 900) == 200
+        [directory] = metric_directories() - directories_before
+        host, port = receiver.base_url.removeprefix("http://").split(":")
+        # Headers and half the body: the worker that took it holds it in flight.
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        body = outbound_message(1, start=40_901, notification_prefix="04l1I00077")
+        writer.write(
+            f'POST {OM_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nSOAPAction: ""\r\n'
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:100]
+        )
+        await writer.drain()
+        deadline = time.monotonic() + 10
+        while not (holding := [pid for pid, value in in_flight_by_worker(directory).items() if value == 1]):
+            assert time.monotonic() < deadline, "no worker counted the request in flight"
+            await asyncio.sleep(0.05)
+        os.kill(holding[0], signal.SIGKILL)
+        writer.close()
+        async with httpx.AsyncClient(base_url=receiver.base_url, timeout=10) as client:
+            scraped = samples((await client.get("/metrics")).text)
+        assert scraped[("receiver_in_flight_requests", frozenset())] == 0
+        received = (
+            "receiver_messages_received_total",
+            frozenset({("kind", "outbound_message"), ("integration", "salesforce")}),
+        )
+        assert scraped[received] == 2, "the killed worker's count of the request it took stays"
+        receiver.terminate()
+        await receiver.wait(timeout_s=30)
