@@ -132,6 +132,8 @@ async def started(services: Services) -> AsyncIterator[Services]:
                 finally:
                     await services.connections.stop()
             finally:
+                # The commits of events already acknowledged reach the store before it closes.
+                await services.pipeline.settle()
                 await services.dedupe.stop()
         finally:
             await services.recorder.stop()

@@ -2,10 +2,18 @@
 
 The guarantee lives here: ``deliver`` returns only when every event is stored or known to be a
 duplicate, and raises otherwise, so no caller can acknowledge an event that was not stored.
+
+The commit is not part of that guarantee, so the answer does not wait for it: once the publish
+succeeded, the keys are committed in the background, the commits of concurrent requests
+together (with Redis, one round trip fewer before each Ack). Until a commit lands, a copy of
+its event claimed in this process is answered as the duplicate it is (the pipeline remembers
+the keys it is committing); on another replica it is ``IN_FLIGHT`` for that moment and retried.
+``settle`` waits for the commits still out; the app calls it before the dedupe store stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -21,6 +29,8 @@ from receiver.sink import Sink
 logger = logging.getLogger("receiver.pipeline")
 
 _UNAVAILABLE_LOG_INTERVAL_S = 60.0
+#: Keys per commit call: what queued while Redis hung goes out in calls of bounded size.
+MAX_KEYS_PER_COMMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,10 @@ class Pipeline:
         self.max_events_in_flight = max_events_in_flight
         self._events_in_flight = 0
         self._unavailable_log = Throttle(_UNAVAILABLE_LOG_INTERVAL_S)
+        #: Keys published whose commit has not landed yet, and those not yet sent to the store.
+        self._committing: set[str] = set()
+        self._commit_queue: list[str] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def deliver(self, events: Sequence[CloudEvent], *, delivery_id: str | None = None) -> Delivery:
         """Publish the events not yet published.
@@ -73,6 +87,12 @@ class Pipeline:
             claims = [Claim.NEW] * len(keys)
             self.metrics.dedupe_unavailable.inc(len(keys))
             self._log_unavailable(exc)
+        if self._committing:
+            # Published here, the commit on its way: that is a duplicate, not a copy in flight.
+            claims = [
+                Claim.DUPLICATE if claim is Claim.IN_FLIGHT and key in self._committing else claim
+                for key, claim in zip(keys, claims, strict=True)
+            ]
         fresh_keys = [key for key, claim in zip(keys, claims, strict=True) if claim is Claim.NEW]
         if Claim.IN_FLIGHT in claims:
             await self._release(fresh_keys, deduped)
@@ -94,8 +114,13 @@ class Pipeline:
             self.metrics.publish_latency.observe(time.perf_counter() - started)
             self._count_published(fresh)
         if deduped:
-            await self._commit(fresh_keys)
+            self._commit_soon(fresh_keys)
         return self._count(events, fresh, duplicate_copies)
+
+    async def settle(self) -> None:
+        """Return once every commit started so far has landed or failed (before the store stops)."""
+        while self._committer is not None:
+            await asyncio.shield(self._committer)
 
     def _count_published(self, fresh: list[CloudEvent]) -> None:
         # One counter update per kind, not per event: a message carries up to 100 events.
@@ -111,13 +136,31 @@ class Pipeline:
             self.metrics.duplicates.labels(events[0].kind).inc(duplicates)
         return Delivery(accepted=len(fresh), duplicates=duplicates)
 
-    async def _commit(self, keys: list[str]) -> None:
+    def _commit_soon(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        self._committing.update(keys)
+        self._commit_queue.extend(keys)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued(), name="dedupe-commits")
+
+    async def _commit_queued(self) -> None:
         try:
-            await self.dedupe.commit(keys)
-        except DedupeUnavailable as exc:
-            # The events are stored; only a later resend may be published twice.
-            self.metrics.dedupe_unavailable.inc(len(keys))
-            self._log_unavailable(exc)
+            while self._commit_queue:
+                keys = self._commit_queue[:MAX_KEYS_PER_COMMIT]
+                del self._commit_queue[:MAX_KEYS_PER_COMMIT]
+                try:
+                    await self.dedupe.commit(keys)
+                except DedupeUnavailable as exc:
+                    # The events are stored; only a later resend may be published twice.
+                    self.metrics.dedupe_unavailable.inc(len(keys))
+                    self._log_unavailable(exc)
+                except Exception:  # a bug in a store must not stop later commits
+                    logger.exception("dedupe commit failed")
+                finally:
+                    self._committing.difference_update(keys)
+        finally:
+            self._committer = None
 
     async def _release(self, keys: list[str], deduped: bool) -> None:
         if not keys or not deduped:

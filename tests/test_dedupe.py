@@ -19,12 +19,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from receiver.app import build_dedupe
+from receiver.app import build_dedupe, build_services, started
 from receiver.dedupe import Claim, DedupeStore, DedupeUnavailable, MemoryDedupeStore
-from receiver.errors import ConfigurationError, PublishFailed
+from receiver.errors import ConfigurationError, DuplicateInFlight, PublishFailed
 from receiver.event import OUTBOUND_MESSAGE, CloudEvent, Connection
 from receiver.metrics import Metrics
-from receiver.pipeline import Delivery, Pipeline
+from receiver.pipeline import MAX_KEYS_PER_COMMIT, Delivery, Pipeline
 from receiver.redis_dedupe import RedisDedupeStore, redact_url
 from tests.conftest import SettingsFactory
 
@@ -652,3 +652,132 @@ async def test_redis_down_publishes_without_dedupe_and_counts_it() -> None:
         await store.stop()
     assert sink.published == events
     assert metrics.registry.get_sample_value("receiver_dedupe_unavailable_total") == 2.0
+
+
+class GatedCommits(MemoryDedupeStore):
+    """The memory store whose commits wait for ``gate``: a slow or hung shared store."""
+
+    def __init__(self) -> None:
+        super().__init__(claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, max_entries=10_000)
+        self.gate = asyncio.Event()
+        self.commits_started = 0
+
+    async def commit(self, keys: Sequence[str]) -> None:
+        self.commits_started += 1
+        await self.gate.wait()
+        await super().commit(keys)
+
+
+async def test_the_answer_does_not_wait_for_the_commit() -> None:
+    """deliver returns once the publish succeeded, while the commit is still out; settle waits for it."""
+    store = GatedCommits()
+    pipeline = Pipeline(RecordingSink(), store, Metrics(), max_events_in_flight=100)
+    event = outbound_event(f"04l5g{uuid.uuid4().hex[:13]}")
+    assert await asyncio.wait_for(pipeline.deliver([event]), 5) == Delivery(accepted=1, duplicates=0)
+    await asyncio.sleep(0.01)
+    assert store.commits_started == 1
+    settling = asyncio.create_task(pipeline.settle())
+    await asyncio.sleep(0.01)
+    assert not settling.done(), "settle must wait for the commit still out"
+    store.gate.set()
+    await asyncio.wait_for(settling, 5)
+    assert await store.claim([event.dedupe_key]) == [Claim.DUPLICATE]
+
+
+async def test_a_resend_before_the_commit_landed_is_a_duplicate() -> None:
+    """A copy claimed while its first copy's commit is on its way is a duplicate, not a copy in flight."""
+    store = GatedCommits()
+    sink = RecordingSink()
+    pipeline = Pipeline(sink, store, Metrics(), max_events_in_flight=100)
+    event = outbound_event(f"04l5g{uuid.uuid4().hex[:13]}")
+    await pipeline.deliver([event])
+    assert await pipeline.deliver([event]) == Delivery(accepted=0, duplicates=1)
+    assert await pipeline.deliver([event], delivery_id="webhook salesforce msg_1") == Delivery(accepted=0, duplicates=1)
+    assert sink.published == [event]
+    store.gate.set()
+    await pipeline.settle()
+
+
+async def test_commits_of_concurrent_deliveries_go_out_together() -> None:
+    """Commits queued while one is out leave as one call: the requests behind it do not each wait."""
+    store = GatedCommits()
+    pipeline = Pipeline(RecordingSink(), store, Metrics(), max_events_in_flight=1000)
+    first, *others = [outbound_event(f"04l5g{uuid.uuid4().hex[:13]}") for _ in range(11)]
+    await pipeline.deliver([first])
+    await asyncio.gather(*(pipeline.deliver([event]) for event in others))
+    store.gate.set()
+    await pipeline.settle()
+    assert store.commits_started == 2
+    assert await store.claim([event.dedupe_key for event in others]) == [Claim.DUPLICATE] * 10
+
+
+class FailingFirstCommit(MemoryDedupeStore):
+    """The memory store whose first commit fails as an unreachable shared store does."""
+
+    def __init__(self) -> None:
+        super().__init__(claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, max_entries=10_000)
+        self.failed = False
+
+    async def commit(self, keys: Sequence[str]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise DedupeUnavailable("the test's store refused a commit")
+        await super().commit(keys)
+
+
+async def test_a_failed_commit_is_counted_and_later_commits_still_go_out() -> None:
+    """A commit the store refused is counted, its keys are no longer taken as published here (the
+    store still holds their claim), and the next delivery's commit lands."""
+    store = FailingFirstCommit()
+    metrics = Metrics()
+    pipeline = Pipeline(RecordingSink(), store, metrics, max_events_in_flight=100)
+    lost, kept = (outbound_event(f"04l5g{uuid.uuid4().hex[:13]}") for _ in range(2))
+    await pipeline.deliver([lost])
+    await pipeline.settle()
+    assert metrics.registry.get_sample_value("receiver_dedupe_unavailable_total") == 1.0
+    with pytest.raises(DuplicateInFlight):
+        await pipeline.deliver([lost])
+    await pipeline.deliver([kept])
+    await pipeline.settle()
+    assert await store.claim([kept.dedupe_key]) == [Claim.DUPLICATE]
+
+
+async def test_stopping_the_app_lands_the_commits_of_acknowledged_events(
+    redis_url: str, key_prefix: str, make_settings: SettingsFactory
+) -> None:
+    """The lifespan waits for commits before closing the store: a resend after a restart is a duplicate."""
+    settings = make_settings(redis_url=redis_url)
+    services = build_services(settings)
+    assert isinstance(services.dedupe, RedisDedupeStore)
+    services.dedupe.key_prefix = key_prefix
+    event = outbound_event(f"04l5g{uuid.uuid4().hex[:13]}")
+    try:
+        async with started(services):
+            assert await services.pipeline.deliver([event]) == Delivery(accepted=1, duplicates=0)
+        async with RedisDedupeStore(
+            redis_url, claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, key_prefix=key_prefix
+        ) as replica:
+            assert await replica.claim([event.dedupe_key]) == [Claim.DUPLICATE]
+    finally:
+        await delete_prefixed(redis_url, key_prefix)
+
+
+async def test_a_long_commit_queue_goes_out_in_bounded_calls() -> None:
+    """Commits queued behind a hung store leave in calls of at most MAX_KEYS_PER_COMMIT keys."""
+    store = GatedCommits()
+    sizes: list[int] = []
+    commit = store.commit
+
+    async def counted(keys: Sequence[str]) -> None:
+        sizes.append(len(keys))
+        await commit(keys)
+
+    store.commit = counted  # type: ignore[method-assign]
+    pipeline = Pipeline(RecordingSink(), store, Metrics(), max_events_in_flight=10_000)
+    await pipeline.deliver([outbound_event(f"04l5g{uuid.uuid4().hex[:13]}")])
+    await asyncio.sleep(0)  # the first commit goes out, and hangs
+    events = [outbound_event(f"04l5g{uuid.uuid4().hex[:13]}") for _ in range(2 * MAX_KEYS_PER_COMMIT + 5)]
+    await pipeline.deliver(events)
+    store.gate.set()
+    await pipeline.settle()
+    assert sizes == [1, MAX_KEYS_PER_COMMIT, MAX_KEYS_PER_COMMIT, 5]
