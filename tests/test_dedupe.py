@@ -11,7 +11,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,15 @@ class PrivateRedis:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Paused inside, resumed on the way out whatever happened."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
 
     async def stop(self) -> None:
         process, self.process = self.process, None
@@ -417,9 +427,7 @@ async def evalsha_calls(url: str) -> int:
 
 async def test_concurrent_calls_share_round_trips_and_answer_each_caller(private_redis: PrivateRedis) -> None:
     """50 requests claiming at once cost Redis a few script calls, not 50, and each gets its own answer."""
-    store = RedisDedupeStore(private_redis.url, claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S)
-    await store.start()
-    try:
+    async with RedisDedupeStore(private_redis.url, claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S) as store:
         batches = [unique_keys(2) for _ in range(50)]
         before = await evalsha_calls(private_redis.url)
         claims = await asyncio.gather(*(store.claim(keys) for keys in batches))
@@ -429,48 +437,35 @@ async def test_concurrent_calls_share_round_trips_and_answer_each_caller(private
         assert claims == [[Claim.DUPLICATE] * 2] * 25 + [[Claim.IN_FLIGHT] * 2] * 25
         round_trips = await evalsha_calls(private_redis.url) - before
         assert round_trips <= 6, f"{round_trips} script calls for 125 concurrent calls"
-    finally:
-        await store.stop()
 
 
 async def test_concurrent_claims_of_one_key_have_one_winner(private_redis: PrivateRedis) -> None:
     """Copies of one event claimed at once, joined into one round trip: one NEW, the rest IN_FLIGHT."""
-    store = RedisDedupeStore(private_redis.url, claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S)
-    await store.start()
-    try:
+    async with RedisDedupeStore(private_redis.url, claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S) as store:
         key = unique_keys(1)
         claims = await asyncio.gather(*(store.claim(key) for _ in range(20)))
-        assert [claim for [claim] in claims].count(Claim.NEW) == 1
-        assert [claim for [claim] in claims].count(Claim.IN_FLIGHT) == 19
-        assert claims[0] == [Claim.NEW], "the first caller's claim is the first in the joined call"
-    finally:
-        await store.stop()
+    assert [claim for [claim] in claims].count(Claim.NEW) == 1
+    assert [claim for [claim] in claims].count(Claim.IN_FLIGHT) == 19
+    assert claims[0] == [Claim.NEW], "the first caller's claim is the first in the joined call"
 
 
 async def test_paused_redis_fails_every_waiting_call_within_the_deadline(private_redis: PrivateRedis) -> None:
     """Calls queued behind a hung round trip fail with it, not one deadline after another."""
-    store = RedisDedupeStore(
+    async with RedisDedupeStore(
         private_redis.url, claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, operation_timeout_s=0.2
-    )
-    await store.start()
-    try:
+    ) as store:
         assert await store.claim(unique_keys(1)) == [Claim.NEW]
-        private_redis.pause()
-        try:
+        with private_redis.paused():
             started = time.perf_counter()
             first = asyncio.create_task(store.claim(unique_keys(1)))
             await asyncio.sleep(0.05)
             queued = [asyncio.create_task(store.claim(unique_keys(1))) for _ in range(20)]
             results = await asyncio.gather(first, *queued, return_exceptions=True)
             elapsed = time.perf_counter() - started
-        finally:
-            private_redis.resume()
         assert all(isinstance(result, DedupeUnavailable) for result in results), results
         # One deadline (2 x 0.2 s) for all 21, with slack for a loaded machine; 21 deadlines would be 8 s.
         assert elapsed < 1.5
         assert await store.claim(unique_keys(1)) == [Claim.NEW]
-    finally:
-        await store.stop()
 
 
 async def test_redis_down_start_succeeds_and_calls_fail_fast() -> None:
@@ -579,16 +574,13 @@ async def test_paused_redis_costs_at_most_the_operation_deadline(private_redis: 
     try:
         keys = unique_keys(1)
         assert await store.claim(keys) == [Claim.NEW]
-        private_redis.pause()
-        try:
+        with private_redis.paused():
             for call in (store.claim, store.commit, store.release):
                 started = time.perf_counter()
                 with pytest.raises(DedupeUnavailable):
                     await call(keys)
                 # The deadline is 2 x 0.2 s; the slack is for a loaded test machine.
                 assert time.perf_counter() - started < 1.0
-        finally:
-            private_redis.resume()
         assert await store.claim(keys) == [Claim.IN_FLIGHT]
     finally:
         await store.stop()

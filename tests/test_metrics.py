@@ -40,6 +40,18 @@ def metric_directories() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("sf-receiver-metrics-*"))
 
 
+def two_workers(tmp_path: Path, **settings: object) -> dict[str, object]:
+    """``serve`` settings of a receiver of 2 workers on the file sink and the example org map."""
+    return {
+        "workers": 2,
+        "data_dir": tmp_path / "var",
+        "org_map_file": REPO / "examples" / "org-map.toml",
+        "wsdl_dir": REPO / "examples" / "wsdl",
+        "recording_enabled": "false",
+        **settings,
+    }
+
+
 async def post_on_own_connection(base_url: str, number: int) -> int:
     # A connection per request: the kernel spreads new connections over the workers.
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -52,14 +64,7 @@ async def post_on_own_connection(base_url: str, number: int) -> int:
 async def test_every_scrape_sums_all_workers(tmp_path: Path) -> None:
     """With 2 workers, each of 10 scrapes counts all 60 requests, though each worker served some."""
     directories_before = metric_directories()
-    settings = {
-        "workers": 2,
-        "data_dir": tmp_path / "var",
-        "org_map_file": REPO / "examples" / "org-map.toml",
-        "wsdl_dir": REPO / "examples" / "wsdl",
-        "recording_enabled": "false",
-    }
-    async with running_receiver(settings, tmp_path / "logs") as receiver:
+    async with running_receiver(two_workers(tmp_path), tmp_path / "logs") as receiver:
         statuses = await asyncio.gather(*(post_on_own_connection(receiver.base_url, n) for n in range(REQUESTS)))
         assert statuses == [200] * REQUESTS
         assert len(metric_directories() - directories_before) == 1, "serve made one directory for the workers"
@@ -138,15 +143,7 @@ async def test_a_worker_killed_mid_request_leaves_no_request_in_flight_behind(tm
     """uvicorn kills a hung worker: the request it held is no longer counted in flight, and what
     it counted before is still counted."""
     directories_before = metric_directories()
-    settings = {
-        "workers": 2,
-        "data_dir": tmp_path / "var",
-        "org_map_file": REPO / "examples" / "org-map.toml",
-        "wsdl_dir": REPO / "examples" / "wsdl",
-        "recording_enabled": "false",
-        "request_timeout_s": 30,
-    }
-    async with running_receiver(settings, tmp_path / "logs") as receiver:
+    async with running_receiver(two_workers(tmp_path, request_timeout_s=30), tmp_path / "logs") as receiver:
         assert await post_on_own_connection(receiver.base_url, 900) == 200
         [directory] = metric_directories() - directories_before
         host, port = receiver.base_url.removeprefix("http://").split(":")
