@@ -64,7 +64,10 @@ def build_dedupe(settings: Settings, metrics: Metrics) -> DedupeStore:
         from receiver.redis_dedupe import RedisDedupeStore
 
         return RedisDedupeStore(
-            settings.redis_url.get_secret_value(), claim_ttl_s=claim_ttl_s, commit_ttl_s=settings.dedupe_ttl_s
+            settings.redis_url.get_secret_value(),
+            claim_ttl_s=claim_ttl_s,
+            commit_ttl_s=settings.dedupe_ttl_s,
+            cluster=settings.redis_cluster,
         )
     eviction_log = Throttle(EVICTION_WARNING_INTERVAL_S)
 

@@ -122,7 +122,7 @@ def check(config_file: Path | None) -> None:
         ("integrations", ", ".join(settings.integrations)),
         ("sink", sink),
         ("routes", f"{len(settings.routes)} rule(s)"),
-        ("dedupe", "redis" if settings.redis_url is not None else f"memory, {settings.dedupe_max_entries:,} entries"),
+        ("dedupe", _dedupe_summary(settings)),
         ("orgs", "; ".join(_described(source) for source in services.connections.describe())),
         ("terapi", settings.terapi_base_url if settings.terapi_secret_key is not None else "not configured"),
         ("wsdl types", ", ".join(wsdl_objects) or "none"),
@@ -238,3 +238,9 @@ def tail(
         # The reader (head, less) has gone: exit quietly, and keep Python from failing on flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+
+
+def _dedupe_summary(settings: Settings) -> str:
+    if settings.redis_url is None:
+        return f"memory, {settings.dedupe_max_entries:,} entries"
+    return "redis cluster" if settings.redis_cluster else "redis"

@@ -12,6 +12,12 @@ encoding and parsing, the script ~0.3 ms. The calls of concurrent requests are j
 round trip per operation (``receiver.coalescing``): a round trip costs redis-py about 70 µs of
 CPU whatever it carries, and without joining, Redis dedupe halved the requests served per second.
 
+Redis Cluster (``cluster=True``): a script may only touch keys of one hash slot, so every key
+carries the hash tag ``{sf-receiver}`` and all marks live on one shard. Dedupe asks little of
+Redis (two small calls per request), so one shard is enough; what it must hold is the marks of
+25 h, about 140 bytes each. A single Redis keeps the untagged prefix, so upgrading does not
+forget the marks it holds.
+
 Redis is an optimisation of the delivery guarantee, not part of it: when it does not answer
 within ``operation_timeout_s`` the call raises ``DedupeUnavailable`` and the pipeline publishes
 without dedupe. Hence short socket timeouts and no client-side retries: a retried claim whose
@@ -22,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -84,6 +92,9 @@ _CLAIM_RESULTS: Final = {_NEW: Claim.NEW, _DUPLICATE: Claim.DUPLICATE, _IN_FLIGH
 _Answer = TypeVar("_Answer")
 #: The most keys one joined round trip carries: a script of 1,000 SETs holds Redis for about 1 ms.
 MAX_KEYS_PER_ROUND_TRIP: Final = 1000
+KEY_PREFIX: Final = "sf-receiver:dedupe:"
+#: On Redis Cluster: the hash tag puts every key in one slot, where one script may touch them all.
+CLUSTER_KEY_PREFIX: Final = "{sf-receiver}:dedupe:"
 
 
 def redact_url(url: str) -> str:
@@ -113,14 +124,14 @@ def _secrets_in(url: str) -> list[str]:
 class _Connection:
     """What ``start`` creates and ``stop`` closes, together."""
 
-    client: Redis
+    client: Redis | RedisCluster
     claims: CoalescedCalls[Claim]
     commits: CoalescedCalls[None]
     releases: CoalescedCalls[None]
 
 
 class RedisDedupeStore:
-    """``DedupeStore`` in one Redis (not Cluster: a batch's keys may live in different slots).
+    """``DedupeStore`` in one Redis, or a Redis Cluster (``cluster``; see the module docstring).
 
     ``claim``, ``commit`` and ``release`` raise ``DedupeUnavailable`` when Redis fails or does
     not answer in time; the client reconnects by itself on the next call once Redis is back.
@@ -132,16 +143,24 @@ class RedisDedupeStore:
         *,
         claim_ttl_s: float,
         commit_ttl_s: float,
-        key_prefix: str = "sf-receiver:dedupe:",
+        key_prefix: str | None = None,
         operation_timeout_s: float = 0.5,
+        cluster: bool = False,
     ) -> None:
+        """``key_prefix`` defaults to ``KEY_PREFIX``, or ``CLUSTER_KEY_PREFIX`` with ``cluster``;
+        a prefix given for a cluster must hold a hash tag (``{...}``)."""
         if claim_ttl_s <= 0 or commit_ttl_s <= 0 or operation_timeout_s <= 0:
             raise ConfigurationError("dedupe TTLs and the Redis operation timeout must be positive")
         self._url = url
         self.redacted_url = redact_url(url)
         self.claim_ttl_ms = max(1, round(claim_ttl_s * 1000))
         self.commit_ttl_ms = max(1, round(commit_ttl_s * 1000))
+        if key_prefix is None:
+            key_prefix = CLUSTER_KEY_PREFIX if cluster else KEY_PREFIX
+        if cluster and not re.search(r"\{[^{}]+\}", key_prefix):
+            raise ConfigurationError("a Redis Cluster key prefix needs a hash tag, e.g. {sf-receiver}:")
         self.key_prefix = key_prefix
+        self.cluster = cluster
         self.operation_timeout_s = operation_timeout_s
         self._connection: _Connection | None = None
 
@@ -162,8 +181,9 @@ class RedisDedupeStore:
         """
         if self._connection is not None:
             return
+        client_class = RedisCluster if self.cluster else Redis
         try:
-            client = Redis.from_url(
+            client = client_class.from_url(
                 self._url,
                 socket_timeout=self.operation_timeout_s,
                 socket_connect_timeout=self.operation_timeout_s,

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     event_timestamp_tolerance_s: int = Field(default=300, ge=1)
 
     redis_url: SecretStr | None = None
+    #: ``RECEIVER_REDIS_URL`` names a node of a Redis Cluster (receiver.redis_dedupe).
+    redis_cluster: bool = False
     dedupe_ttl_s: int = Field(default=DEDUPE_MINIMUM_TTL_S, ge=DEDUPE_MINIMUM_TTL_S)
     dedupe_max_entries: int = Field(default=1_000_000, ge=1)
 
