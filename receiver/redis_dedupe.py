@@ -39,7 +39,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from receiver.coalescing import CoalescedCallInterrupted, CoalescedCalls
 from receiver.dedupe import Claim, DedupeUnavailable
@@ -87,6 +87,10 @@ for _, key in ipairs(KEYS) do
 end
 return released
 """
+
+#: What a call to Redis may raise when Redis is down, slow or unreachable. OSError covers
+#: TimeoutError and socket errors; the cluster client's own root is not a RedisError.
+_REDIS_FAILURES: Final = (RedisError, OSError, RedisClusterException)
 
 _CLAIM_RESULTS: Final = {_NEW: Claim.NEW, _DUPLICATE: Claim.DUPLICATE, _IN_FLIGHT: Claim.IN_FLIGHT}
 _Answer = TypeVar("_Answer")
@@ -227,7 +231,7 @@ class RedisDedupeStore:
             async with asyncio.timeout(self._deadline_s):
                 for script in (_CLAIM_SCRIPT, _COMMIT_SCRIPT, _RELEASE_SCRIPT):
                     await client.script_load(script)
-        except (RedisError, OSError) as exc:  # OSError covers TimeoutError and socket errors
+        except _REDIS_FAILURES as exc:
             logger.warning(
                 "redis dedupe store unreachable at start; accepting without dedupe until it answers",
                 extra={"redis": self.redacted_url, "error": self._describe(exc)},
@@ -269,7 +273,7 @@ class RedisDedupeStore:
         try:
             async with asyncio.timeout(self._deadline_s):
                 answer = await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+        except _REDIS_FAILURES as exc:
             raise self._unavailable(operation, exc) from exc
         return answer if isinstance(answer, list) else []
 

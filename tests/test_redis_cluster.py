@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from receiver.app import build_dedupe
-from receiver.dedupe import Claim
+from receiver.dedupe import Claim, DedupeUnavailable
 from receiver.errors import ConfigurationError
 from receiver.metrics import Metrics
 from receiver.redis_dedupe import CLUSTER_KEY_PREFIX, RedisDedupeStore
@@ -175,3 +175,21 @@ def test_a_cluster_prefix_without_a_hash_tag_is_refused() -> None:
     """Without a hash tag, a batch's keys would fall in different slots and every call would fail."""
     with pytest.raises(ConfigurationError, match="hash tag"):
         RedisDedupeStore("redis://127.0.0.1:7000/0", claim_ttl_s=1, commit_ttl_s=1, key_prefix="plain:", cluster=True)
+
+
+async def test_an_unreachable_cluster_is_logged_at_start_and_unavailable_per_call() -> None:
+    """The cluster client's errors are not RedisErrors: they too must mean "accept without
+    dedupe", not a failed start-up or a 500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = RedisDedupeStore(f"redis://127.0.0.1:{port}/0", claim_ttl_s=1, commit_ttl_s=1, cluster=True)
+    await store.start()
+    try:
+        for call in (store.claim, store.commit, store.release):
+            started = time.perf_counter()
+            with pytest.raises(DedupeUnavailable):
+                await call(unique_keys(1))
+            assert time.perf_counter() - started < 2
+    finally:
+        await store.stop()
