@@ -64,7 +64,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
 
     from receiver.app import create_app
     from receiver.logs import configure_logging
-    from receiver.metrics import workers_share_metrics
+    from receiver.metrics import new_worker_metrics_directory, workers_share_metrics
 
     settings = settings_or_exit(config_file, host=host, port=port, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
@@ -90,7 +90,12 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
     for name, value in (("HOST", host), ("PORT", port)):
         if value is not None:
             os.environ[f"RECEIVER_{name}"] = str(value)
-    with workers_share_metrics():
+    try:
+        metrics_directory = new_worker_metrics_directory()
+    except ConfigurationError as exc:
+        click.echo(f"sf-receiver: {exc.detail}", err=True)
+        sys.exit(2)
+    with workers_share_metrics(metrics_directory):
         uvicorn.run("receiver.cli:app_from_environment", factory=True, workers=settings.workers, **options)
 
 

@@ -27,6 +27,8 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from receiver.errors import ConfigurationError
+
 #: Read by prometheus_client when it is imported: set, values live in files of that directory.
 MULTIPROCESS_DIRECTORY_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: Set by ``workers_share_metrics`` alone: a PROMETHEUS_MULTIPROC_DIR a user exported for some
@@ -268,15 +270,26 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-@contextmanager
-def workers_share_metrics() -> Iterator[Path]:
-    """For the worker processes started inside: a fresh directory for their metric files, named
-    in the environment they inherit (so it must be entered before they start), removed after.
+def new_worker_metrics_directory() -> Path:
+    """A fresh directory for the workers' metric files (``workers_share_metrics``).
 
     Fresh because files of an earlier run would be summed in: counters would start where a
-    previous process left them.
+    previous process left them. Raises ``ConfigurationError`` when it cannot be created (a
+    read-only root file system without a writable ``TMPDIR``).
     """
-    directory = Path(tempfile.mkdtemp(prefix="sf-receiver-metrics-"))
+    try:
+        return Path(tempfile.mkdtemp(prefix="sf-receiver-metrics-"))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the workers' metrics directory ({exc.strerror or exc}); "
+            "point TMPDIR at a writable directory, or run one worker"
+        ) from exc
+
+
+@contextmanager
+def workers_share_metrics(directory: Path) -> Iterator[Path]:
+    """For the worker processes started inside: ``directory`` named in the environment they
+    inherit (so it must be entered before they start), removed after."""
     previous = {name: os.environ.get(name) for name in (MULTIPROCESS_DIRECTORY_ENV, SHARED_BY_WORKERS_ENV)}
     os.environ[MULTIPROCESS_DIRECTORY_ENV] = os.environ[SHARED_BY_WORKERS_ENV] = str(directory)
     try:

@@ -8,6 +8,7 @@ start it: the console script with ``RECEIVER_*`` variables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -49,6 +50,13 @@ class ReceiverProcess:
                 return int(line.split()[1]) * 1024
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
+    def workers(self) -> set[int]:
+        """The pids of its child processes (uvicorn's workers), from /proc."""
+        tasks = Path(f"/proc/{self.pid}/task")
+        if not tasks.exists():
+            return set()
+        return {int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()}
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -86,7 +94,12 @@ async def running_receiver(settings: Mapping[str, object], log_dir: Path) -> Asy
         yield receiver
     finally:
         if receiver.process.poll() is None:
+            # Its worker processes (RECEIVER_WORKERS above 1) would outlive a killed parent.
+            workers = receiver.workers()
             receiver.process.kill()
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         await receiver.wait(timeout_s=10)
 
 
