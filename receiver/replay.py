@@ -11,6 +11,7 @@ unsynced batch, which dedupe then answers as duplicates.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import Counter
@@ -21,6 +22,8 @@ from typing import Any, Final
 
 from receiver.replay_items import ReplayFilter, ReplayItem, SkippedItem
 from receiver.replay_targets import ReplayResult, ReplayTarget, Verdict
+
+logger = logging.getLogger("receiver.replay")
 
 _CHECKPOINT_BATCH: Final = 100
 _CHECKPOINT_INTERVAL_S: Final = 1.0
@@ -60,7 +63,7 @@ class Summary:
         return not self.rejected and not self.failed and not self.interrupted
 
     def add(self, result: ReplayResult) -> None:
-        self.sent += 0 if self.dry_run else 1
+        self.sent += 1 if result.sent and not self.dry_run else 0
         self.events_accepted += result.events_accepted
         self.event_duplicates += result.event_duplicates
         match result.verdict:
@@ -209,27 +212,36 @@ class Replayer:
 
     async def _feed(self, items: AsyncIterator[ReplayItem | SkippedItem]) -> None:
         selected = 0
+        async for item in items:
+            if self.stop.is_set():
+                self.summary.interrupted = True
+                break
+            if isinstance(item, SkippedItem):
+                self.summary.skipped[item.reason] += 1
+                if self.on_skip is not None:
+                    self.on_skip(item)
+            elif not self.item_filter.matches(item):
+                self.summary.filtered_out += 1
+            elif self._checkpoint is not None and item.item_id in self._checkpoint:
+                self.summary.already_done += 1
+            elif self.options.limit is not None and selected >= self.options.limit:
+                break
+            else:
+                selected += 1
+                await self._queue.put(item)
+        # Not in a finally: when a source fails, the task group cancels the workers, and waiting
+        # to hand them end markers on a full queue would hang the run for good.
+        for _ in range(self.options.concurrency):
+            await self._queue.put(None)
+
+    async def _send(self, item: ReplayItem) -> ReplayResult:
+        """The target's result; a target that raises (a bug, or a recording it cannot turn into
+        a request) fails that item, not the run."""
         try:
-            async for item in items:
-                if self.stop.is_set():
-                    self.summary.interrupted = True
-                    break
-                if isinstance(item, SkippedItem):
-                    self.summary.skipped[item.reason] += 1
-                    if self.on_skip is not None:
-                        self.on_skip(item)
-                elif not self.item_filter.matches(item):
-                    self.summary.filtered_out += 1
-                elif self._checkpoint is not None and item.item_id in self._checkpoint:
-                    self.summary.already_done += 1
-                elif self.options.limit is not None and selected >= self.options.limit:
-                    break
-                else:
-                    selected += 1
-                    await self._queue.put(item)
-        finally:
-            for _ in range(self.options.concurrency):
-                await self._queue.put(None)
+            return await self.target.send(item)
+        except Exception as exc:  # noqa: BLE001 - one item's failure, counted; the run goes on
+            logger.warning("replay item failed", extra={"item": item.item_id, "error": type(exc).__name__})
+            return ReplayResult(Verdict.FAILED, reason=f"error:{type(exc).__name__}", sent=False)
 
     async def _work(self) -> None:
         while (item := await self._queue.get()) is not None:
@@ -240,9 +252,10 @@ class Replayer:
             if self.stop.is_set():
                 self.summary.interrupted = True
                 continue
-            result = await self.target.send(item)
+            result = await self._send(item)
             self.summary.add(result)
-            if self._checkpoint is not None and result.is_final:
+            # A dry run sends nothing: what it looked at is still to be done by the real run.
+            if self._checkpoint is not None and result.is_final and result.verdict is not Verdict.VALID:
                 self._checkpoint.add(item.item_id)
             if self.on_result is not None:
                 self.on_result(item, result)

@@ -57,6 +57,8 @@ class ReplayResult:
     event_duplicates: int = 0
     #: Dry run: what would be sent (the request, or the events).
     plan: dict[str, Any] = field(default_factory=dict)
+    #: False when nothing went out (no secret to sign with, a request that could not be made).
+    sent: bool = True
 
     @property
     def is_final(self) -> bool:
@@ -168,7 +170,7 @@ class HttpTarget:
             try:
                 prepared = self.prepare(item)  # signed again on each attempt: a fresh timestamp
             except Unsigned as exc:
-                return ReplayResult(Verdict.FAILED, reason=exc.reason)
+                return ReplayResult(Verdict.FAILED, reason=exc.reason, sent=False)
             try:
                 response = await self._client.post(
                     prepared.path, content=item.body, headers=prepared.headers, params=prepared.params
