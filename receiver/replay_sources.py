@@ -26,6 +26,7 @@ import orjson
 from receiver.errors import ReceiverError
 from receiver.processing import ENDPOINT_KINDS, EVENTS, OUTBOUND, TERAPI, endpoint_of
 from receiver.recording_files import RecordingFileName
+from receiver.redaction import UNREDACTABLE
 from receiver.replay_items import ReplayItem, SkippedItem, digest, org_of, parse_time
 from receiver.settings import Settings
 
@@ -185,10 +186,21 @@ def _kind(record: Mapping[str, Any]) -> str:
     return endpoint[0] if endpoint is not None else EVENTS
 
 
-def _recording_item(record: dict[str, Any], line: bytes, origin: str) -> SourceItem:
+def _stored_body(record: Mapping[str, Any], origin: str) -> bytes | SkippedItem:
+    """The body to send again, or why there is none: it was not read, or it was withheld from
+    the recording because its SessionId could not be redacted (the placeholder is no request)."""
     body = _body(record)
     if body is None:
         return SkippedItem(origin, "recorded_without_body")
+    if body == UNREDACTABLE:
+        return SkippedItem(origin, "body_withheld")
+    return body
+
+
+def _recording_item(record: dict[str, Any], line: bytes, origin: str) -> SourceItem:
+    body = _stored_body(record, origin)
+    if isinstance(body, SkippedItem):
+        return body
     kind = _kind(record)
     headers = _resent_headers(record)
     outcome = record["outcome"]
@@ -207,9 +219,9 @@ def _recording_item(record: dict[str, Any], line: bytes, origin: str) -> SourceI
 
 
 def _quarantine_item(record: dict[str, Any], line: bytes, origin: str) -> SourceItem:
-    body = _body(record)
-    if body is None:
-        return SkippedItem(origin, "recorded_without_body")
+    body = _stored_body(record, origin)
+    if isinstance(body, SkippedItem):
+        return body
     kind = _kind(record)
     headers = _resent_headers(record)
     reason = str(record.get("reason"))

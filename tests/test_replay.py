@@ -516,3 +516,26 @@ def test_recording_line_survives_rotation_with_the_same_item_id(tmp_path: Path) 
     [after] = _sync_items(tmp_path / "closed")
     assert before.item_id == after.item_id
     assert before.received_at == datetime(2025, 5, 1, 10, tzinfo=UTC)
+
+
+def test_a_recording_whose_body_was_withheld_is_skipped_not_sent(tmp_path: Path) -> None:
+    """A body withheld from the recording (its SessionId could not be redacted) is counted as
+    skipped: the placeholder in its place is no request to send again."""
+    from receiver.recording import Outcome, RecordedRequest, to_line
+
+    withheld = to_line(
+        RecordedRequest(
+            "2025-05-01T10:00:00.000Z",
+            "event",
+            "salesforce",
+            "/webhooks/salesforce/events",
+            {},
+            b'{"note": "<SessionId>a</SessionId><SessionId"}',
+            None,
+            Outcome(200, "ok"),
+        )
+    )
+    assert b"body withheld" in withheld
+    (tmp_path / "2025-05-01.jsonl").write_bytes(withheld)
+    [skipped] = _sync_items(tmp_path)
+    assert skipped.reason == "body_withheld"
