@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 #: ``--lines`` without ``--from-beginning`` reads at most this many records back per partition.
 MAX_SCAN_BACK: Final = 200_000
+_BACKWARD_CHUNK: Final = 64 * 1024
 _FILE_POLL_S: Final = 0.2
 _KAFKA_POLL_MS: Final = 500
 #: Reading a range stops when the broker sends nothing new for this long.
@@ -112,7 +113,8 @@ class FileSource:
             if not wait:
                 raise TailError(f"no events file at {self.path} (no event received yet?)")
             return
-        self._end = self.path.stat().st_size
+        # A line still being written is left to follow(), which reads it whole once it ends.
+        self._end = _after_last_newline(self.path, self.path.stat().st_size)
 
     async def existing(self) -> AsyncIterator[TailedEvent]:
         if self._end == 0:
@@ -153,6 +155,20 @@ class FileSource:
                         yield event
             else:
                 await asyncio.sleep(_FILE_POLL_S)
+
+
+def _after_last_newline(path: Path, size: int) -> int:
+    """The offset just past the last newline in the first ``size`` bytes (0 when there is none)."""
+    with path.open("rb") as stream:
+        position = size
+        while position > 0:
+            start = max(0, position - _BACKWARD_CHUNK)
+            stream.seek(start)
+            newline = stream.read(position - start).rfind(b"\n")
+            if newline != -1:
+                return start + newline + 1
+            position = start
+    return 0
 
 
 def _from_line(line: bytes) -> TailedEvent | None:
@@ -237,20 +253,28 @@ class KafkaSource:
     async def recent(self, matches: Matches, count: int) -> list[TailedEvent]:
         if count == 0:
             return []
+        # The newest `count` of the topic are among the newest `count` of each partition; the
+        # newest `count` matches overall could all sit in a partition scanned least far back.
         found: list[TailedEvent] = []
-        upper = dict(self._end)
-        window = max(count, 64)
-        while True:
-            lower = {tp: max(self._begin[tp], upper[tp] - window) for tp in self._partitions}
-            # Each window is older than the ones read before it.
-            found = [event for event in await self._read_ranges(lower, upper) if matches(event)] + found
-            upper = lower
-            exhausted = all(upper[tp] <= self._begin[tp] for tp in self._partitions)
-            if len(found) >= count or exhausted or window >= MAX_SCAN_BACK:
-                break
-            window = min(window * 4, MAX_SCAN_BACK)
+        for tp in self._partitions:
+            found += await self._recent_in(tp, matches, count)
         found.sort(key=_timestamp)
         return found[-count:]
+
+    async def _recent_in(self, tp: TopicPartition, matches: Matches, count: int) -> list[TailedEvent]:
+        """The last ``count`` matches of one partition, scanning back at most ``MAX_SCAN_BACK``."""
+        found: list[TailedEvent] = []
+        upper = self._end[tp]
+        window = max(count, 64)
+        while True:
+            lower = max(self._begin[tp], upper - window)
+            # Only this partition's range is non-empty; each window is older than the last one.
+            window_events = await self._read_ranges({**self._end, tp: lower}, {**self._end, tp: upper})
+            found = [event for event in window_events if matches(event)] + found
+            upper = lower
+            if len(found) >= count or upper <= self._begin[tp] or window >= MAX_SCAN_BACK:
+                return found[-count:]
+            window = min(window * 4, MAX_SCAN_BACK)
 
     async def follow(self) -> AsyncIterator[TailedEvent]:
         for tp in self._partitions:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,24 @@ async def test_follow_prints_events_written_later(file_settings: Settings) -> No
     assert [event["data"]["fields"]["LastName"] for event in events] == ["Name 1", "Name 10", "Name 11"]
 
 
+async def test_follow_prints_the_event_being_written_when_it_started(file_settings: Settings) -> None:
+    """A line half written when --follow starts is printed once it is complete, not dropped."""
+    async with live_receiver(file_settings) as client:
+        await post_outbound(client, outbound_message(3, start=20))
+    events_file = file_settings.data_dir / EVENTS_FILE
+    first, second, third = events_file.read_bytes().splitlines(keepends=True)
+    events_file.write_bytes(first + second + third[:40])
+    process = await follow_json(file_settings, limit=3)
+    assert process.stdout is not None
+    shown = [await asyncio.wait_for(process.stdout.readline(), COMMAND_TIMEOUT_S) for _ in range(2)]
+    with events_file.open("ab") as appending:
+        appending.write(third[40:])
+    stdout, _ = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT_S)
+    assert process.returncode == 0
+    events = [json.loads(line) for line in shown] + json_lines(stdout.decode())
+    assert [event["data"]["fields"]["LastName"] for event in events] == ["Name 20", "Name 21", "Name 22"]
+
+
 async def test_missing_events_file_is_an_error(file_settings: Settings) -> None:
     """Tailing before any event was received exits 1 and says why."""
     status, _, stderr = await run_tail(file_settings)
@@ -219,6 +238,53 @@ async def test_kafka_last_matching_event_is_found_behind_many_others(kafka_setti
     assert status == 0, stderr
     [event] = json_lines(stdout)
     assert event["subject"] == "001xx000003DGb4AAG"
+
+
+@pytest.mark.kafka
+async def test_kafka_last_matches_come_from_every_partition(kafka_settings: SettingsFactory) -> None:
+    """-n 3 --object Account on two partitions: one holds 20 old Accounts, the other a newer one
+    100 records back. The newest three are two old ones and the newer one, not the last three old."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    settings = kafka_settings()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.kafka_topic, 2, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+
+    def headers(sobject: str, event_id: str) -> list[tuple[str, bytes]]:
+        values = {"specversion": "1.0", "type": "com.salesforce.change_event", "id": event_id}
+        values |= {"source": f"/salesforce/orgs/{ORG}", "sforgid": ORG, "sfobject": sobject}
+        return [(f"ce_{name}", value.encode()) for name, value in values.items()]
+
+    now_ms = int(time.time() * 1000)
+    try:
+        for number in range(20):
+            await producer.send_and_wait(
+                settings.kafka_topic,
+                b"{}",
+                partition=0,
+                timestamp_ms=now_ms - 3_600_000 + number,
+                headers=headers("Account", f"old{number}"),
+            )
+        for number in range(200):
+            await producer.send_and_wait(
+                settings.kafka_topic,
+                b"{}",
+                partition=1,
+                timestamp_ms=now_ms - 200_000 + number * 1000,
+                headers=headers("Account" if number == 100 else "Contact", f"new{number}"),
+            )
+    finally:
+        await producer.stop()
+    status, stdout, stderr = await run_tail(settings, "-n", "3", "--object", "Account", "--json")
+    assert status == 0, stderr
+    assert [event["id"] for event in json_lines(stdout)] == ["old18", "old19", "new100"]
 
 
 @pytest.mark.kafka
