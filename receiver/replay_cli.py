@@ -125,6 +125,8 @@ def replay_command(
 
     if bool(to_url) == publish and not (dry_run and not to_url):
         raise click.UsageError("give exactly one of --to URL and --publish (a --dry-run may give neither)")
+    if to_url:
+        _check_url(to_url)
     org_ids = _org_ids(orgs)
     item_filter = ReplayFilter(
         orgs=frozenset(org_ids),
@@ -168,6 +170,18 @@ def replay_command(
     if status != EXIT_USAGE:
         report.print_summary()
     sys.exit(status)
+
+
+def _check_url(url: str) -> None:
+    """Raises ``click.UsageError`` for a --to that is not an http(s) URL with a host."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise click.UsageError(f"--to {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise click.UsageError(f"--to {url!r} is not an http(s) URL with a host, such as http://127.0.0.1:8080")
 
 
 def _target(settings: Settings, to_url: str | None, *, dry_run: bool, timeout_s: float) -> ReplayTarget:

@@ -6,8 +6,9 @@ A source is a path or ``kafka:TOPIC``. Lines of ``.jsonl`` files and Kafka recor
 by their keys: a recording has ``outcome`` and ``path``, a quarantine record ``quarantined_at``.
 
 A growing ``.jsonl`` file (today's recordings, the quarantine) is read only up to the size it had
-when replay opened it: a receiver writing to the same data directory records (or quarantines
-again) what replay sends, and reading those new lines would replay forever.
+when the replay started (``path_items`` opens a directory's before sending anything): a receiver
+writing to the same data directory records (or quarantines again) what replay sends, and reading
+those new lines would replay them too, or forever.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -94,9 +97,31 @@ async def items_from(
 
 
 def path_items(path: Path, defaults: PayloadDefaults) -> Iterator[SourceItem]:
-    files = _files_of(path) if path.is_dir() else [path]
-    for file in files:
-        yield from file_items(file, defaults)
+    """The items of a file, or of every payload file under a directory.
+
+    A directory is taken as it is when the replay starts. Its recording files still being
+    written (today's, and rotated ones not yet compressed) are opened and measured before the
+    first item is sent, and read through that handle up to that size: lines the replay itself
+    makes a receiver record there are not replayed, and a rotation meanwhile (a rename, then
+    compression and deletion of the name) loses none of the lines that were there.
+    """
+    if not path.is_dir():
+        yield from file_items(path, defaults)
+        return
+    files = _files_of(path)
+    with ExitStack() as open_files:
+        growing = {file: _opened(file, open_files) for file in files if file.name.endswith(".jsonl")}
+        for file in files:
+            if file in growing:
+                handle, size = growing[file]
+                yield from _lines_items(_lines_up_to(handle, size), file)
+            else:
+                yield from file_items(file, defaults)
+
+
+def _opened(path: Path, open_files: ExitStack) -> tuple[Any, int]:
+    handle = open_files.enter_context(path.open("rb"))
+    return handle, os.fstat(handle.fileno()).st_size
 
 
 def _files_of(directory: Path) -> list[Path]:

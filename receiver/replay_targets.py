@@ -271,7 +271,12 @@ class PipelineTarget:
         try:
             events = await self._events(item, utc_now_iso())
             if self.dry_run:
-                return ReplayResult(Verdict.VALID, plan=self._plan(item, events))
+                plan = self._plan(item, events)
+                unsendable = plan.get("request", {}).get("error")
+                if unsendable is not None:
+                    # The real run could not sign this request: say so now, not after it ran.
+                    return ReplayResult(Verdict.FAILED, reason=unsendable, plan=plan, sent=False)
+                return ReplayResult(Verdict.VALID, plan=plan)
             delivery_id = webhook_delivery_id(item.integration, webhook_id_of(item)) if item.kind == EVENTS else None
             delivery = await self.services.pipeline.deliver(events, delivery_id=delivery_id)
         except ReceiverError as error:

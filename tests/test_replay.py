@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from receiver.file_sink import EVENTS_FILE, QUARANTINE_FILE
 from receiver.recording import RECORDINGS_DIR
 from receiver.replay import Replayer, ReplayOptions, Summary
 from receiver.replay_items import ReplayFilter
-from receiver.replay_sources import PayloadDefaults, items_from
+from receiver.replay_sources import PayloadDefaults, items_from, payload_item
 from receiver.replay_targets import HttpTarget, PipelineTarget, ReplayTarget
 from receiver.settings import Settings
 from tests.conftest import EXAMPLE_ORG_MAP, SettingsFactory, live_receiver
@@ -454,6 +455,30 @@ async def test_cli_refuses_a_missing_source_and_an_ambiguous_target(tmp_path: Pa
     assert neither_status == 2 and "--to URL" in neither_err
 
 
+async def test_cli_refuses_a_to_that_is_not_an_http_url(tmp_path: Path) -> None:
+    """--to 'http://[::1' or 'localhost:8080': exit 2 with one line, no traceback."""
+    for url in ("http://[::1", "localhost:8080"):
+        status, _, err = await _cli(str(tmp_path), "--to", url)
+        assert status == 2 and "--to" in err and "Traceback" not in err, err
+
+
+async def test_a_dry_run_to_a_url_fails_what_the_real_run_could_not_sign(make_settings: SettingsFactory) -> None:
+    """Without a secret to sign events with, a dry run with --to reports the failure the real
+    run would meet (no_event_secret), rather than "valid"."""
+    settings = make_settings(org_map_file=EXAMPLE_ORG_MAP)
+    target = PipelineTarget(settings, dry_run=True, request_plan=HttpTarget("http://127.0.0.1:9", settings))
+    summary = Summary(dry_run=True)
+    body = json.dumps(event_sample("platform_event_low_ink.json")).encode()
+    items = [payload_item(body, "low_ink.json", "event", PayloadDefaults(organization_id="00D1I000003qqqEUAQ"))]
+    await Replayer(ReplayFilter(), target, ReplayOptions(), summary).run(_async_items(items))
+    assert (summary.valid, summary.failed, summary.sent) == (0, {"no_event_secret": 1}, 0)
+
+
+async def _async_items(items: list[Any]) -> Any:
+    for item in items:
+        yield item
+
+
 async def test_interrupted_cli_run_resumes_from_its_checkpoint(make_settings: SettingsFactory, tmp_path: Path) -> None:
     """SIGINT mid-run: in-flight items finish and are checkpointed (exit 130); the resume sends the rest once."""
     settings_a = sender_settings(make_settings, tmp_path / "a")
@@ -539,3 +564,62 @@ def test_a_recording_whose_body_was_withheld_is_skipped_not_sent(tmp_path: Path)
     (tmp_path / "2025-05-01.jsonl").write_bytes(withheld)
     [skipped] = _sync_items(tmp_path)
     assert skipped.reason == "body_withheld"
+
+
+def _recording_line(day: str, number: int) -> bytes:
+    from receiver.recording import Outcome, RecordedRequest, to_line
+
+    body = outbound_message(1, start=number)
+    return to_line(
+        RecordedRequest(
+            f"{day}T10:00:00.000Z", "outbound_message", "salesforce", OM_PATH, {}, body, None, Outcome(200, "ok")
+        )
+    )
+
+
+class RecordingInto:
+    """A target standing for a receiver that records into the directory being replayed, and
+    rotates its file (rename, compress, new file) at the first item."""
+
+    def __init__(self, directory: Path, day: str, *, rotate: bool) -> None:
+        self.today = directory / f"{day}.jsonl"
+        self.day = day
+        self.rotate = rotate
+        self.sent: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send(self, item: Any) -> Any:
+        import gzip
+
+        from receiver.replay_targets import ReplayResult, Verdict
+
+        self.sent.append(item.body.decode())
+        if self.rotate and len(self.sent) == 1:
+            rotated = self.today.with_name(f"{self.day}.1.jsonl")
+            self.today.rename(rotated)
+            rotated.with_name(rotated.name + ".gz").write_bytes(gzip.compress(rotated.read_bytes()))
+            rotated.unlink()
+        with self.today.open("ab") as recording:
+            recording.write(_recording_line(self.day, 900 + len(self.sent)))
+        return ReplayResult(Verdict.ACKED)
+
+
+@pytest.mark.parametrize("rotate", [False, True], ids=["recording-into", "rotating-meanwhile"])
+async def test_a_directory_is_replayed_as_it_was_when_the_replay_started(
+    tmp_path: Path, rotate: bool, make_settings: SettingsFactory
+) -> None:
+    """Replaying a directory a receiver records into (and rotates meanwhile) sends exactly the
+    lines that were there at the start: none of the replay's own, none lost to the rotation."""
+    (tmp_path / "2025-05-01.jsonl").write_bytes(b"".join(_recording_line("2025-05-01", n) for n in range(3)))
+    (tmp_path / "2025-05-02.jsonl").write_bytes(b"".join(_recording_line("2025-05-02", n) for n in range(10, 12)))
+    target = RecordingInto(tmp_path, "2025-05-02", rotate=rotate)
+    summary = Summary()
+    items = items_from([str(tmp_path)], make_settings(), PayloadDefaults())
+    await Replayer(ReplayFilter(), target, ReplayOptions(concurrency=1), summary).run(items)
+    names = [re.search(r"<sf:LastName>([^<]+)<", body).group(1) for body in target.sent]  # type: ignore[union-attr]
+    assert names == ["Name 0", "Name 1", "Name 2", "Name 10", "Name 11"]
