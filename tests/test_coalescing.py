@@ -161,7 +161,7 @@ async def test_a_call_behind_a_slow_round_trip_gives_up_at_its_own_deadline() ->
     started = loop.time()
     with pytest.raises(TimeoutError):
         await calls.call(["queued"])
-    assert loop.time() - started < 0.3
+    assert loop.time() - started < 1.0, "the queued call waits its own 0.2 s deadline, not the first trip's"
     with pytest.raises(TimeoutError):
         await first
     operation.gate.set()

@@ -180,6 +180,9 @@ async def test_a_worker_killed_mid_request_leaves_no_request_in_flight_behind(tm
         while not (holding := [pid for pid, value in in_flight_by_worker(directory).items() if value == 1]):
             assert time.monotonic() < deadline, "no worker counted the request in flight"
             await asyncio.sleep(0.05)
+        # The gauge is raised before the handler counts the request, in the same step of the
+        # worker's loop: let that step end (it then waits for the rest of the body).
+        await asyncio.sleep(0.3)
         os.kill(holding[0], signal.SIGKILL)
         writer.close()
         async with httpx.AsyncClient(base_url=receiver.base_url, timeout=10) as client:
