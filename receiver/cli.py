@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -27,13 +27,18 @@ config_option = click.option(
 )
 
 
+def exit_for(error: ConfigurationError) -> NoReturn:
+    """One line on stderr naming the problem, and exit status 2."""
+    click.echo(f"sf-receiver: {error.detail}", err=True)
+    sys.exit(2)
+
+
 def settings_or_exit(config_file: Path | None, **overrides: Any) -> Settings:
     """The settings, or one line on stderr naming the bad setting and exit status 2."""
     try:
         return load_settings(config_file, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigurationError as exc:
-        click.echo(f"sf-receiver: {exc.detail}", err=True)
-        sys.exit(2)
+        exit_for(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,8 +79,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
         app = create_app(settings) if settings.workers == 1 else None
         options = uvicorn_options(settings)
     except ConfigurationError as exc:
-        click.echo(f"sf-receiver: {exc.detail}", err=True)
-        sys.exit(2)
+        exit_for(exc)
     if app is not None:
         from receiver.heap import settle_heap
         from receiver.server import GracefulServer
@@ -93,8 +97,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, workers:
     try:
         metrics_directory = new_worker_metrics_directory()
     except ConfigurationError as exc:
-        click.echo(f"sf-receiver: {exc.detail}", err=True)
-        sys.exit(2)
+        exit_for(exc)
     with workers_share_metrics(metrics_directory):
         uvicorn.run("receiver.cli:app_from_environment", factory=True, workers=settings.workers, **options)
 
@@ -116,8 +119,7 @@ def check(config_file: Path | None) -> None:
         services = build_services(settings)
         uvicorn_options(settings)
     except ConfigurationError as exc:
-        click.echo(f"sf-receiver: {exc.detail}", err=True)
-        sys.exit(2)
+        exit_for(exc)
     wsdl_objects = sorted(services.outbound_parser.wsdl.objects)
     if settings.uses_kafka:
         sink = f"kafka {settings.kafka_bootstrap_servers}, default topic {settings.kafka_topic}"

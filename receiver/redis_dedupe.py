@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
-from receiver.coalescing import CoalescedCallInterrupted, CoalescedCalls
+from receiver.coalescing import BatchOperation, CoalescedCallInterrupted, CoalescedCalls
 from receiver.dedupe import Claim, DedupeUnavailable
 from receiver.errors import ConfigurationError
 
@@ -216,14 +216,8 @@ class RedisDedupeStore:
             await self._evaluate("release", release_script, keys, [])
             return [None] * len(keys)
 
-        # Each caller's wait is bounded too: behind a slow round trip it would otherwise wait
-        # for that one and then its own.
-        bounds = MAX_KEYS_PER_ROUND_TRIP, self._deadline_s
         self._connection = _Connection(
-            client,
-            claims=CoalescedCalls(claim, max_keys=bounds[0], deadline_s=bounds[1]),
-            commits=CoalescedCalls(commit, max_keys=bounds[0], deadline_s=bounds[1]),
-            releases=CoalescedCalls(release, max_keys=bounds[0], deadline_s=bounds[1]),
+            client, claims=self._joining(claim), commits=self._joining(commit), releases=self._joining(release)
         )
         try:
             # Loading now saves the first request the NOSCRIPT round trips; the scripts reload
@@ -261,6 +255,11 @@ class RedisDedupeStore:
         """Forget claims (never commits) so a resend is published; raises ``DedupeUnavailable``."""
         if keys:
             await self._joined("release", self._connected().releases, keys)
+
+    def _joining(self, operation: BatchOperation[_Answer]) -> CoalescedCalls[_Answer]:
+        # Each caller's wait is bounded too: behind a slow round trip it would otherwise wait
+        # for that one and then its own.
+        return CoalescedCalls(operation, max_keys=MAX_KEYS_PER_ROUND_TRIP, deadline_s=self._deadline_s)
 
     async def _joined(self, operation: str, calls: CoalescedCalls[_Answer], keys: Sequence[str]) -> list[_Answer]:
         try:
