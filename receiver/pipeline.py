@@ -119,8 +119,8 @@ class Pipeline:
 
     async def settle(self) -> None:
         """Return once every commit started so far has landed or failed (before the store stops)."""
-        while self._committer is not None:
-            await asyncio.shield(self._committer)
+        while (committer := self._committer) is not None and not committer.done():
+            await asyncio.wait([committer])
 
     def _count_published(self, fresh: list[CloudEvent]) -> None:
         # One counter update per kind, not per event: a message carries up to 100 events.
@@ -143,6 +143,14 @@ class Pipeline:
         self._commit_queue.extend(keys)
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_queued(), name="dedupe-commits")
+            # Also when it is cancelled before its first step, where its own finally never runs.
+            self._committer.add_done_callback(self._committer_done)
+
+    def _committer_done(self, committer: asyncio.Task[None]) -> None:
+        if self._committer is committer:
+            self._committer = None
+            self._committing.difference_update(self._commit_queue)
+            self._commit_queue.clear()
 
     async def _commit_queued(self) -> None:
         try:

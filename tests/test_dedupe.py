@@ -773,3 +773,19 @@ async def test_a_long_commit_queue_goes_out_in_bounded_calls() -> None:
     store.gate.set()
     await pipeline.settle()
     assert sizes == [1, MAX_KEYS_PER_COMMIT, MAX_KEYS_PER_COMMIT, 5]
+
+
+async def test_a_committer_cancelled_before_it_ran_leaves_later_commits_going_out() -> None:
+    """A commit task cut off before its first step (its finally never runs) does not block the
+    commits after it, and settle returns rather than raising its cancellation."""
+    store = MemoryDedupeStore(claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, max_entries=10_000)
+    pipeline = Pipeline(RecordingSink(), store, Metrics(), max_events_in_flight=100)
+    first, later = (outbound_event(f"04l5g{uuid.uuid4().hex[:13]}") for _ in range(2))
+    await pipeline.deliver([first])
+    committer = pipeline._committer
+    assert committer is not None
+    committer.cancel()
+    await pipeline.settle()
+    await pipeline.deliver([later])
+    await pipeline.settle()
+    assert await store.claim([later.dedupe_key]) == [Claim.DUPLICATE]
