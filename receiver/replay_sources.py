@@ -6,7 +6,7 @@ A source is a path or ``kafka:TOPIC``. Lines of ``.jsonl`` files and Kafka recor
 by their keys: a recording has ``outcome`` and ``path``, a quarantine record ``quarantined_at``.
 
 A growing ``.jsonl`` file (today's recordings, the quarantine) is read only up to the size it had
-when the replay started (``path_items`` opens a directory's before sending anything): a receiver
+when the replay started (``items_from`` opens them all before sending anything): a receiver
 writing to the same data directory records (or quarantines again) what replay sends, and reading
 those new lines would replay them too, or forever.
 """
@@ -16,13 +16,14 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import itertools
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import orjson
 
@@ -80,48 +81,58 @@ async def items_from(
 ) -> AsyncIterator[SourceItem]:
     """Every item of every source, in the order given (files of a directory oldest first).
 
+    The path sources are taken as they are when the replay starts (``_open_growing``).
+
     Raises ``ReplaySourceError`` for a Kafka topic that does not exist; ``OSError`` from reading.
     """
-    for source in sources:
-        if source.startswith(KAFKA_PREFIX):
-            from receiver.replay_kafka import kafka_lines
+    files = {source: _payload_files(Path(source)) for source in sources if not source.startswith(KAFKA_PREFIX)}
+    with ExitStack() as open_files:
+        growing = _open_growing(itertools.chain.from_iterable(files.values()), open_files)
+        for source in sources:
+            if source.startswith(KAFKA_PREFIX):
+                from receiver.replay_kafka import kafka_lines
 
-            topic = source.removeprefix(KAFKA_PREFIX)
-            async for line, origin in kafka_lines(settings, topic, since=since, until=until):
-                item = line_item(line, origin)
-                if item is not None:
-                    yield item
-        else:
-            for item in path_items(Path(source), defaults):
-                yield item
+                topic = source.removeprefix(KAFKA_PREFIX)
+                async for line, origin in kafka_lines(settings, topic, since=since, until=until):
+                    item = line_item(line, origin)
+                    if item is not None:
+                        yield item
+            else:
+                for file in files[source]:
+                    for item in file_items(file, defaults, growing):
+                        yield item
 
 
 def path_items(path: Path, defaults: PayloadDefaults) -> Iterator[SourceItem]:
-    """The items of a file, or of every payload file under a directory.
+    """The items of a file, or of every payload file under a directory, as they are now."""
+    files = _payload_files(path)
+    with ExitStack() as open_files:
+        growing = _open_growing(files, open_files)
+        for file in files:
+            yield from file_items(file, defaults, growing)
 
-    A directory is taken as it is when the replay starts. Its recording files still being
-    written (today's, and rotated ones not yet compressed) are opened and measured before the
-    first item is sent, and read through that handle up to that size: lines the replay itself
-    makes a receiver record there are not replayed, and a rotation meanwhile (a rename, then
+
+def _payload_files(path: Path) -> list[Path]:
+    return _files_of(path) if path.is_dir() else [path]
+
+
+Growing = Mapping[Path, tuple[BinaryIO, int]]
+
+
+def _open_growing(files: Iterable[Path], open_files: ExitStack) -> Growing:
+    """The ``.jsonl`` files among ``files``, opened and measured before the first item is sent.
+
+    Today's recordings, rotated ones not yet compressed and the quarantine grow while a replay
+    runs. Read through these handles up to these sizes, lines the replay itself makes a
+    receiver record there are not replayed, and a rotation meanwhile (a rename, then
     compression and deletion of the name) loses none of the lines that were there.
     """
-    if not path.is_dir():
-        yield from file_items(path, defaults)
-        return
-    files = _files_of(path)
-    with ExitStack() as open_files:
-        growing = {file: _opened(file, open_files) for file in files if file.name.endswith(".jsonl")}
-        for file in files:
-            if file in growing:
-                handle, size = growing[file]
-                yield from _lines_items(_lines_up_to(handle, size), file)
-            else:
-                yield from file_items(file, defaults)
-
-
-def _opened(path: Path, open_files: ExitStack) -> tuple[Any, int]:
-    handle = open_files.enter_context(path.open("rb"))
-    return handle, os.fstat(handle.fileno()).st_size
+    growing: dict[Path, tuple[BinaryIO, int]] = {}
+    for file in files:
+        if file.name.endswith(".jsonl") and file not in growing:
+            handle = open_files.enter_context(file.open("rb"))
+            growing[file] = handle, os.fstat(handle.fileno()).st_size
+    return growing
 
 
 def _files_of(directory: Path) -> list[Path]:
@@ -135,16 +146,16 @@ def _files_of(directory: Path) -> list[Path]:
     return sorted(files, key=order)
 
 
-def file_items(path: Path, defaults: PayloadDefaults) -> Iterator[SourceItem]:
+def file_items(path: Path, defaults: PayloadDefaults, growing: Growing) -> Iterator[SourceItem]:
+    """The items of one file; a ``.jsonl`` file is read through its handle in ``growing``."""
     name = path.name
     if name.endswith(".jsonl.gz"):
         with gzip.open(path, "rb") as lines:
             yield from _lines_items(lines, path)
     elif name.endswith(".jsonl"):
-        with path.open("rb") as file:
-            # Only what was there when replay started (see the module docstring).
-            size = path.stat().st_size
-            yield from _lines_items(_lines_up_to(file, size), path)
+        handle, size = growing[path]
+        handle.seek(0)  # a file given twice is read twice
+        yield from _lines_items(_lines_up_to(handle, size), path)
     elif name.endswith(".xml"):
         yield payload_item(path.read_bytes(), str(path), OUTBOUND, defaults)
     elif name.endswith(".json"):
@@ -154,7 +165,7 @@ def file_items(path: Path, defaults: PayloadDefaults) -> Iterator[SourceItem]:
         raise ReplaySourceError(f"{str(path)!r} is not a .jsonl, .jsonl.gz, .xml or .json file")
 
 
-def _lines_up_to(file: Any, size: int) -> Iterator[bytes]:
+def _lines_up_to(file: Iterable[bytes], size: int) -> Iterator[bytes]:
     read = 0
     for line in file:
         read += len(line)

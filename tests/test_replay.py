@@ -609,9 +609,10 @@ class RecordingInto:
         return ReplayResult(Verdict.ACKED)
 
 
+@pytest.mark.parametrize("as_directory", [True, False], ids=["directory", "files"])
 @pytest.mark.parametrize("rotate", [False, True], ids=["recording-into", "rotating-meanwhile"])
 async def test_a_directory_is_replayed_as_it_was_when_the_replay_started(
-    tmp_path: Path, rotate: bool, make_settings: SettingsFactory
+    tmp_path: Path, rotate: bool, as_directory: bool, make_settings: SettingsFactory
 ) -> None:
     """Replaying a directory a receiver records into (and rotates meanwhile) sends exactly the
     lines that were there at the start: none of the replay's own, none lost to the rotation."""
@@ -619,7 +620,9 @@ async def test_a_directory_is_replayed_as_it_was_when_the_replay_started(
     (tmp_path / "2025-05-02.jsonl").write_bytes(b"".join(_recording_line("2025-05-02", n) for n in range(10, 12)))
     target = RecordingInto(tmp_path, "2025-05-02", rotate=rotate)
     summary = Summary()
-    items = items_from([str(tmp_path)], make_settings(), PayloadDefaults())
+    # The directory, or its files named one by one: both are taken as they were at the start.
+    sources = [str(tmp_path)] if as_directory else [str(tmp_path / f"2025-05-0{day}.jsonl") for day in (1, 2)]
+    items = items_from(sources, make_settings(), PayloadDefaults())
     await Replayer(ReplayFilter(), target, ReplayOptions(concurrency=1), summary).run(items)
     names = [re.search(r"<sf:LastName>([^<]+)<", body).group(1) for body in target.sent]  # type: ignore[union-attr]
     assert names == ["Name 0", "Name 1", "Name 2", "Name 10", "Name 11"]
