@@ -15,6 +15,10 @@ This subclass adds, per connection:
   then closed;
 - with ``tls_client_names``, the names of the client certificate: others are cut off.
 
+It also sends each response in one write: uvicorn writes the head when the app starts the
+response and the body when it sends it, two ``send`` calls and two TCP segments for every
+Ack. ``OneWriteTransport`` holds the head until the body's first bytes.
+
 Deadlines on the body are the handler's (``limits.read_body``), where the route is known.
 Refusals here happen before there is a request to record; they are logged at info level and
 counted in ``receiver_connections_refused_total`` by reason.
@@ -48,6 +52,10 @@ _REQUEST_LINE_OVERHEAD: Final = 16
 _HEADER_LINE_OVERHEAD: Final = 4
 #: How long a refused connection is still read (and discarded) after its answer.
 _LINGER_S: Final = 2.0
+#: Written by uvicorn as a request's body is first awaited; the client waits for it, so it is not held.
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: A body this large is written after its head rather than copied behind it.
+_JOIN_AT_MOST: Final = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,48 @@ class _HeadRefused(Exception):
     def __init__(self, error: ClientError) -> None:
         super().__init__(error.detail)
         self.error = error
+
+
+class OneWriteTransport:
+    """The transport as one request's cycle sees it: the first write (the response head) is held
+    and leaves with the next one (the body, or its first chunk), in a single ``send``.
+
+    uvicorn writes ``100 Continue`` through the cycle too, before any head: that goes at once.
+    Not used for HEAD requests, whose response has no body write to carry the head.
+    """
+
+    __slots__ = ("_head", "_head_written", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        self._head_written = False
+
+    def write(self, data: bytes) -> None:
+        if not self._head_written:
+            if data == _CONTINUE:
+                self._transport.write(data)
+                return
+            self._head_written = True
+            self._head = bytes(data)
+            return
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(data) <= _JOIN_AT_MOST:
+                data = head + data
+            else:
+                self._transport.write(head)
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -175,7 +225,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._disarm()
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        # A new cycle (not an upgrade), whose task has not run yet: it writes through the wrapper.
+        if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
+            cycle.transport = OneWriteTransport(self.transport)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
         # Idle from now on: uvicorn's keep-alive timer closes a silent connection, this deadline

@@ -10,8 +10,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 import orjson
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.server import ServerState
 
 from receiver.app import create_app
+from receiver.http_protocol import BoundedHttpToolsProtocol, ConnectionLimits
 from receiver.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.om_payloads import outbound_message
@@ -205,3 +209,82 @@ async def test_slow_loris_connections_do_not_delay_normal_requests(make_settings
     assert max(latencies) < 0.5, latencies
     assert len(closed_after) == 200
     assert max(closed_after) < 2.0 + 1.5, max(closed_after)
+
+
+class _Transport(asyncio.Transport):
+    """What the protocol writes, one entry per ``write``: whether a response leaves in one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.written = asyncio.Event()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        self.written.set()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _small_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    message = await receive()
+    body = b"ack:" + message.get("body", b"")
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _exchange(request: bytes, *, until: bytes) -> _Transport:
+    """Feed ``request`` to a bounded protocol serving ``_small_app``; the writes once ``until`` is out."""
+    config = uvicorn.Config(_small_app, log_config=None, access_log=False)
+    config.load()
+    protocol = BoundedHttpToolsProtocol(config, ServerState(), {}, limits=ConnectionLimits())
+    transport = _Transport()
+    protocol.connection_made(transport)
+    try:
+        protocol.data_received(request)
+        async with asyncio.timeout(5):
+            while until not in b"".join(transport.writes):
+                transport.written.clear()
+                await transport.written.wait()
+        await asyncio.sleep(0.01)  # anything written after it would be caught too
+        return transport
+    finally:
+        protocol.connection_lost(None)
+
+
+async def test_a_response_leaves_in_one_write() -> None:
+    """Head and body together: one send and one TCP segment per Ack rather than two."""
+    transport = await _exchange(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", until=b"ack:hello")
+    assert len(transport.writes) == 1
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.writes[0].endswith(b"\r\n\r\nack:hello")
+
+
+async def test_a_head_request_still_gets_its_head() -> None:
+    transport = await _exchange(b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n", until=b"\r\n\r\n")
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_100_continue_is_not_held_back_with_the_head() -> None:
+    """The client waits for ``100 Continue`` before it sends the body: it must go out at once."""
+    transport = await _exchange(
+        b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", until=b"100 Continue"
+    )
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
