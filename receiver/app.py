@@ -32,7 +32,7 @@ from receiver.recording import Recorder, build_recorder
 from receiver.router import build_router
 from receiver.settings import Settings
 from receiver.sink import Sink, build_sink
-from receiver.webhooks import WebhookEndpoints
+from receiver.webhooks import DirectWebhooks, WebhookEndpoints
 from receiver.wsdl import WsdlRegistry
 
 logger = logging.getLogger("receiver.app")
@@ -205,6 +205,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
             max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
             recorder=services.recorder,
         ),
+        # Innermost: webhook requests skip the router (the routes above stay for everything else).
+        Middleware(DirectWebhooks, endpoints=endpoints),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.services = services

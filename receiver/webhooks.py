@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import responses, signatures
 from receiver.errors import InvalidMessage, ReceiverError, ShuttingDown, Unauthenticated
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("receiver.webhooks")
 
 Answer = Callable[[ReceiverError], Response]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class WebhookEndpoints:
@@ -63,6 +65,18 @@ class WebhookEndpoints:
             Route("/webhooks/{integration}/outbound-messages", self.outbound_messages, methods=["POST"]),
             Route("/webhooks/{integration}/events", self.events, methods=["POST"]),
         ]
+
+    def handler_for(self, path: str) -> tuple[Handler, dict[str, str]] | None:
+        """The handler ``routes`` gives a POST to ``path``, and its path parameters, or None."""
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "webhooks" and parts[2]:
+            if parts[3] == "outbound-messages":
+                return self.outbound_messages, {"integration": parts[2]}
+            if parts[3] == "events":
+                return self.events, {"integration": parts[2]}
+        elif len(parts) == 3 and parts[1] == "webhooks" and parts[2] == "terapi":
+            return self.terapi_forward, {}
+        return None
 
     async def _answer(
         self,
@@ -221,3 +235,27 @@ class WebhookEndpoints:
 def _origin(request: Request) -> Origin:
     """What the quarantine keeps of the request besides its body (redacted there)."""
     return Origin(path=request.scope["path"], headers=request.headers)
+
+
+class DirectWebhooks:
+    """Pure ASGI, the innermost middleware: a POST to a webhook path goes straight to its handler.
+
+    Starlette's way there tries each route's pattern, wraps ``send`` twice more and builds the
+    request in two more layers: about 13 us of the 200 a one-notification Outbound Message costs
+    (bench). Whatever else comes (another method, a trailing slash, health and metrics) goes on
+    to Starlette's router, which answers as it always did: 405, the redirect, 404.
+    """
+
+    def __init__(self, app: ASGIApp, *, endpoints: WebhookEndpoints) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            found = self.endpoints.handler_for(scope["path"])
+            if found is not None:
+                handler, scope["path_params"] = found
+                response = await handler(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
