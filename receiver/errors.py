@@ -74,6 +74,17 @@ class RequestTimeout(ClientError):
     reason = "request_timeout"
 
 
+class ClientDisconnected(ClientError):
+    """The client hung up before its body was whole (a Salesforce timeout, a dropped link).
+
+    Nothing was accepted and no answer can reach it; 499 is nginx's status for this, used in
+    metrics and recordings only. Salesforce resends the message.
+    """
+
+    status = 499
+    reason = "client_disconnected"
+
+
 class HeadersTooLarge(ClientError):
     """Too many request headers, or too many bytes of them; refused before they are all held."""
 

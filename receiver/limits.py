@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from starlette.requests import Request
 
 from receiver.errors import (
+    ClientDisconnected,
     OrgOverloaded,
     PayloadTooLarge,
     RequestTimeout,
@@ -48,20 +49,30 @@ async def read_body(request: Request, max_bytes: int, *, timeout_s: float | None
     is refused as soon as it passes the bound, so a large body is never held whole. The
     deadline covers the whole body: a client trickling a byte at a time cannot hold a request
     slot (and its share of ``max_requests_in_flight``) for longer.
-    Raises ``PayloadTooLarge`` (413) and ``RequestTimeout`` (408).
+    Raises ``PayloadTooLarge`` (413), ``RequestTimeout`` (408) and ``ClientDisconnected`` (499).
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"body over {max_bytes} bytes")
+    # ASGI messages read directly: Starlette's ``stream()`` is a generator around the same
+    # calls, and raises an exception of its own (a 500) for a client that hangs up.
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PayloadTooLarge(f"body over {max_bytes} bytes")
-                chunks.append(chunk)
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise ClientDisconnected(f"the client hung up after {size} bytes of its body")
+                chunk: bytes = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PayloadTooLarge(f"body over {max_bytes} bytes")
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 import orjson
+import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
@@ -21,6 +23,7 @@ from tests.conftest import SettingsFactory
 from tests.om_payloads import outbound_message
 from tests.prometheus import metric
 from tests.servers import receiver_server_options, run_uvicorn
+from tests.test_recording import recordings
 
 OM_PATH = "/webhooks/salesforce/outbound-messages"
 SOAP = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
@@ -58,6 +61,16 @@ async def refused(address: tuple[str, int], reason: str) -> float:
     async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
         text = (await client.get("/metrics")).text
     return metric(text, f'receiver_connections_refused_total{{reason="{reason}"}}')
+
+
+async def rejected(address: tuple[str, int], labels: str) -> float:
+    """The server's receiver_requests_rejected_total with ``labels``."""
+    async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
+        text = (await client.get("/metrics")).text
+    try:
+        return metric(text, f"receiver_requests_rejected_total{{{labels}}}")
+    except AssertionError:  # not counted yet
+        return 0.0
 
 
 def problem_of(raw: bytes) -> dict[str, object]:
@@ -170,6 +183,30 @@ async def test_a_body_slower_than_the_request_timeout_is_408(make_settings: Sett
                 continue
     assert status.startswith(b"HTTP/1.1 408 ")
     assert time.monotonic() - started < 1.0 + 1.5
+
+
+async def test_a_client_hanging_up_mid_body_is_counted_not_an_internal_error(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Salesforce gives up on a slow receiver and closes: that is 499 client_disconnected in the
+    metrics and the recording, not a traceback and a recorded 500."""
+    settings = make_settings()
+    async with served(settings) as address:
+        async with connection(address) as (_, writer):
+            head = f"POST {OM_PATH} HTTP/1.1\r\nHost: test\r\nContent-Type: text/xml\r\nContent-Length: 1000\r\n\r\n"
+            writer.write(head.encode() + b"<")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        labels = 'kind="outbound_message",reason="client_disconnected",status="499"'
+        for _ in range(100):  # the server sees the hang-up a moment after the client
+            if await rejected(address, labels) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await rejected(address, labels) == 1
+        assert await rejected(address, 'kind="outbound_message",reason="internal_error",status="500"') == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    outcomes = [line["outcome"] for line in recordings(settings)]
+    assert outcomes == [{"status": 499, "reason": "client_disconnected"}]
 
 
 async def test_slow_loris_connections_do_not_delay_normal_requests(make_settings: SettingsFactory) -> None:
