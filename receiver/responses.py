@@ -39,8 +39,21 @@ def _retry_headers(error: ReceiverError) -> dict[str, str]:
     return {}
 
 
+class _SoapAck(Response):
+    """The Ack, every time the same bytes and headers: built once, copied per answer."""
+
+    media_type = SOAP_CONTENT_TYPE
+    _template = Response(_ACK, media_type=SOAP_CONTENT_TYPE).raw_headers
+
+    def __init__(self) -> None:  # Response's own would render and encode the same headers again
+        self.status_code = 200
+        self.background = None
+        self.body = _ACK
+        self.raw_headers = list(self._template)  # a copy: middleware may add to a response's list
+
+
 def soap_ack() -> Response:
-    return Response(_ACK, media_type=SOAP_CONTENT_TYPE)
+    return _SoapAck()
 
 
 def soap_fault(error: ReceiverError) -> Response:
