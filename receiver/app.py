@@ -7,6 +7,7 @@ and stops them in order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from receiver.access import SourceAccessMiddleware
 from receiver.connections import ConnectionResolver, ConnectionSource, StaticConnectionMap
 from receiver.dedupe import DedupeStore, MemoryDedupeStore
 from receiver.logs import Throttle
-from receiver.metrics import METRICS_STATE_KEY, Metrics, exposition
+from receiver.metrics import METRICS_STATE_KEY, Metrics, exposition, write_behind_periodically, writes_behind
 from receiver.middleware import RequestContextMiddleware
 from receiver.outbound import OutboundMessageParser
 from receiver.pipeline import Pipeline
@@ -171,14 +172,21 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Metrics]]:
-        async with started(services):
-            logger.info(
-                "receiver started",
-                extra={"sink": "kafka" if settings.uses_kafka else "file", "integrations": settings.integrations},
-            )
-            # The lifespan state reaches uvicorn's connection protocol too (its app_state), which
-            # counts the connections it refuses before any request exists.
-            yield {METRICS_STATE_KEY: services.metrics}
+        # Worker processes write their metric values behind (receiver.metrics.write_behind).
+        writing = asyncio.create_task(write_behind_periodically()) if writes_behind() else None
+        try:
+            async with started(services):
+                logger.info(
+                    "receiver started",
+                    extra={"sink": "kafka" if settings.uses_kafka else "file", "integrations": settings.integrations},
+                )
+                # The lifespan state reaches uvicorn's connection protocol too (its app_state), which
+                # counts the connections it refuses before any request exists.
+                yield {METRICS_STATE_KEY: services.metrics}
+        finally:
+            if writing is not None:
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
         logger.info("receiver stopped")
 
     routes = [

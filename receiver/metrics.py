@@ -11,20 +11,27 @@ each worker keeps its values in memory-mapped files of one directory, and ``expo
 every worker's files. Gauges say how they combine (``multiprocess_mode``): in-flight counts are
 summed over live workers, terapi index figures (each worker holds the same index) take the
 largest live worker's value; the live gauges of workers that died are dropped at each scrape.
+
+In those workers a value changes in memory and reaches its file at most
+``WRITE_BEHIND_INTERVAL_S`` later, before each scrape and at shutdown (``write_behind``):
+writing the file on every change cost each request about 6 us of its 200.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from receiver.errors import ConfigurationError
@@ -37,6 +44,8 @@ SHARED_BY_WORKERS_ENV: Final = "SF_RECEIVER_WORKER_METRICS_DIR"
 #: The key of the app's ``Metrics`` in the lifespan state (uvicorn's ``app_state``).
 METRICS_STATE_KEY = "receiver.metrics"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+#: The longest a worker's changed value waits before its file holds it (``write_behind``).
+WRITE_BEHIND_INTERVAL_S: Final = 0.5
 #: Label combinations remembered per metric; past it (hostile label values) lookups go the slow way.
 _MAX_REMEMBERED_CHILDREN = 1024
 
@@ -229,12 +238,82 @@ class Metrics:
         )
 
 
+class _WriteBehind:
+    """The values of this process changed since they were last written to their files."""
+
+    lock = threading.Lock()
+    changed: ClassVar[set[Any]] = set()
+    installed = False
+
+    @classmethod
+    def write(cls) -> None:
+        with cls.lock:
+            changed = list(cls.changed)
+            cls.changed.clear()
+            for value in changed:
+                value._file.write_value(value._key, value._value, value._timestamp)
+
+
+def write_behind() -> None:
+    """Make this worker's metric values write behind: an increment changes memory only, and
+    ``write_changed_values`` (every ``WRITE_BEHIND_INTERVAL_S`` in the app's lifespan, before
+    each scrape, and at exit) writes what changed to the multiprocess files.
+
+    Call it in a worker of ``workers_share_metrics`` before any metric exists. A scrape may
+    then miss the last half second of another worker's counts, and a worker killed outright
+    loses its last half second of them: neither matters to a Prometheus rate.
+    """
+    if _WriteBehind.installed:
+        return
+    mmaped: Any = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+    class WriteBehindValue(mmaped):  # type: ignore[misc]
+        def inc(self, amount: float) -> None:
+            with _WriteBehind.lock:
+                self._value += amount
+                _WriteBehind.changed.add(self)
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            with _WriteBehind.lock:
+                self._value = value
+                self._timestamp = timestamp or 0.0
+                _WriteBehind.changed.add(self)
+
+        def get(self) -> float:
+            return float(self._value)
+
+    values.ValueClass = WriteBehindValue
+    _WriteBehind.installed = True
+    atexit.register(_WriteBehind.write)
+
+
+def writes_behind() -> bool:
+    return _WriteBehind.installed
+
+
+def write_changed_values() -> None:
+    """Write the values changed since the last call (nothing unless ``write_behind``)."""
+    if _WriteBehind.installed:
+        _WriteBehind.write()
+
+
+async def write_behind_periodically() -> None:
+    """``write_changed_values`` every ``WRITE_BEHIND_INTERVAL_S``, until cancelled (and once more then)."""
+    try:
+        while True:
+            await asyncio.sleep(WRITE_BEHIND_INTERVAL_S)
+            write_changed_values()
+    finally:
+        write_changed_values()
+
+
 def exposition(registry: CollectorRegistry) -> bytes:
     """The ``/metrics`` text: the app's registry, or every worker's values summed when the
     workers share metrics (``workers_share_metrics``)."""
     directory = os.environ.get(SHARED_BY_WORKERS_ENV)
     if not directory:
         return generate_latest(registry)
+    write_changed_values()
     forget_dead_workers(Path(directory))
     combined = CollectorRegistry()
     MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,13 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.errors import ConfigurationError
-from receiver.metrics import MULTIPROCESS_DIRECTORY_ENV, exposition, forget_dead_workers, new_worker_metrics_directory
+from receiver.metrics import (
+    MULTIPROCESS_DIRECTORY_ENV,
+    WRITE_BEHIND_INTERVAL_S,
+    exposition,
+    forget_dead_workers,
+    new_worker_metrics_directory,
+)
 from tests.om_payloads import outbound_message
 from tests.processes import ReceiverProcess, running_receiver
 
@@ -94,6 +101,12 @@ async def test_every_scrape_sums_all_workers(tmp_path: Path) -> None:
         )
         published = ("receiver_events_published_total", frozenset({("kind", "outbound_message")}))
         in_flight = ("receiver_in_flight_requests", frozenset())
+        # Each worker writes its values behind, within WRITE_BEHIND_INTERVAL_S of a change.
+        for _ in range(int(5 / WRITE_BEHIND_INTERVAL_S)):
+            async with httpx.AsyncClient(base_url=receiver.base_url, timeout=10) as client:
+                if samples((await client.get("/metrics")).text)[received] == REQUESTS:
+                    break
+            await asyncio.sleep(WRITE_BEHIND_INTERVAL_S / 2)
         for _ in range(10):
             async with httpx.AsyncClient(base_url=receiver.base_url, timeout=10) as client:
                 scraped = samples((await client.get("/metrics")).text)
@@ -103,6 +116,49 @@ async def test_every_scrape_sums_all_workers(tmp_path: Path) -> None:
         receiver.terminate()
         assert await receiver.wait(timeout_s=30) == 0
     assert not directory.exists(), "the workers' metric files are removed at exit"
+
+
+WRITE_BEHIND_SCRIPT = """
+import json, os
+from pathlib import Path
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.mmap_dict import MmapedDict
+from receiver.metrics import write_behind, write_changed_values
+
+def on_file():
+    found = {}
+    for path in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        for key, value, _timestamp, _position in MmapedDict.read_all_values_from_file(str(path)):
+            found[json.loads(key)[1]] = value
+    return found
+
+write_behind()
+registry = CollectorRegistry()
+things = Counter("things", "Things", registry=registry)
+level = Gauge("level", "Level", registry=registry, multiprocess_mode="livesum")
+things.inc(2)
+level.set(7)
+level.dec()
+before = on_file()
+write_changed_values()
+after = on_file()
+things.inc()
+print(before.get("things_total"), before.get("level"), after["things_total"], after["level"], things._value.get())
+"""
+
+
+def test_values_are_written_behind_in_a_worker(tmp_path: Path) -> None:
+    """In a worker, changes stay in memory (that is the saving) until written, all together."""
+    completed = subprocess.run(
+        [sys.executable, "-c", WRITE_BEHIND_SCRIPT],
+        env={**os.environ, MULTIPROCESS_DIRECTORY_ENV: str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    # Nothing changed reached the file before the write; then the counter and the gauge did.
+    assert completed.stdout.split() == ["0.0", "0.0", "2.0", "6.0", "3.0"]
 
 
 def test_a_single_process_exposes_its_own_registry() -> None:
