@@ -39,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from receiver.errors import ClientError, HeadersTooLarge, RequestTimeout
+from receiver.limits import BODY_COMPLETE
 from receiver.metrics import METRICS_STATE_KEY, Metrics
 from receiver.responses import problem
 from receiver.settings import Settings
@@ -231,6 +232,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # A new cycle (not an upgrade), whose task has not run yet: it writes through the wrapper.
         if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
             cycle.transport = OneWriteTransport(self.transport)  # type: ignore[assignment]
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # Usually within the read that completed the head: the app has not started yet.
+        self.cycle.scope[BODY_COMPLETE] = True  # type: ignore[typeddict-unknown-key]
 
     def on_response_complete(self) -> None:
         # Idle from now on: uvicorn's keep-alive timer closes a silent connection, this deadline

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from typing import Final
 
 from starlette.requests import Request
 
@@ -20,6 +21,8 @@ from receiver.errors import (
 
 XML_CONTENT_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 JSON_CONTENT_TYPES = frozenset({"application/json", "application/cloudevents+json"})
+#: Set in a request's scope by the server (``http_protocol``) once the whole body is in its buffer.
+BODY_COMPLETE: Final = "receiver.body_complete"
 
 
 def check_integration(integration: str, integrations: Collection[str]) -> None:
@@ -49,6 +52,9 @@ async def read_body(request: Request, max_bytes: int, *, timeout_s: float | None
     is refused as soon as it passes the bound, so a large body is never held whole. The
     deadline covers the whole body: a client trickling a byte at a time cannot hold a request
     slot (and its share of ``max_requests_in_flight``) for longer.
+    A body the server already holds whole (``BODY_COMPLETE``, nearly every webhook) cannot keep
+    the request waiting: it is taken without arming the deadline, which would cost more than
+    the rest of this function.
     Raises ``PayloadTooLarge`` (413), ``RequestTimeout`` (408) and ``ClientDisconnected`` (499).
     """
     declared = request.headers.get("content-length")
@@ -60,7 +66,7 @@ async def read_body(request: Request, max_bytes: int, *, timeout_s: float | None
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout_s):
+        async with nullcontext() if request.scope.get(BODY_COMPLETE) else asyncio.timeout(timeout_s):
             while True:
                 message = await receive()
                 if message["type"] != "http.request":

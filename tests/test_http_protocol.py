@@ -13,11 +13,12 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from receiver.app import create_app
 from receiver.http_protocol import BoundedHttpToolsProtocol, ConnectionLimits
+from receiver.limits import BODY_COMPLETE
 from receiver.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.om_payloads import outbound_message
@@ -287,9 +288,9 @@ async def _small_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _exchange(request: bytes, *, until: bytes) -> _Transport:
-    """Feed ``request`` to a bounded protocol serving ``_small_app``; the writes once ``until`` is out."""
-    config = uvicorn.Config(_small_app, log_config=None, access_log=False)
+async def _exchange(request: bytes, *, until: bytes, app: ASGIApp = _small_app) -> _Transport:
+    """Feed ``request`` to a bounded protocol serving ``app``; the writes once ``until`` is out."""
+    config = uvicorn.Config(app, log_config=None, access_log=False)
     config.load()
     protocol = BoundedHttpToolsProtocol(config, ServerState(), {}, limits=ConnectionLimits())
     transport = _Transport()
@@ -325,3 +326,22 @@ async def test_100_continue_is_not_held_back_with_the_head() -> None:
         b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", until=b"100 Continue"
     )
     assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+
+
+async def test_a_body_whole_on_arrival_is_marked_so_in_the_scope() -> None:
+    """``read_body`` arms no deadline for such a body; one still arriving is not marked."""
+    seen: list[object] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope.get(BODY_COMPLETE))
+        await _small_app(scope, receive, send)
+
+    await _exchange(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", until=b"ack:hello", app=app)
+    config = uvicorn.Config(app, log_config=None, access_log=False)
+    config.load()
+    protocol = BoundedHttpToolsProtocol(config, ServerState(), {}, limits=ConnectionLimits())
+    protocol.connection_made(_Transport())
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhel")
+    await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    assert seen == [True, None]
