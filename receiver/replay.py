@@ -216,7 +216,9 @@ class Replayer:
             if self.stop.is_set():
                 self.summary.interrupted = True
                 break
-            if isinstance(item, SkippedItem):
+            if isinstance(item, SkippedItem) and self.item_filter.rules_out(item):
+                self.summary.filtered_out += 1
+            elif isinstance(item, SkippedItem):
                 self.summary.skipped[item.reason] += 1
                 if self.on_skip is not None:
                     self.on_skip(item)

@@ -69,10 +69,17 @@ class ReplayItem:
 @dataclass(frozen=True, slots=True)
 class SkippedItem:
     """Something a source found but cannot replay: a request recorded without its body, a line
-    that is not a recording. Counted in the summary, never sent."""
+    that is not a recording. Counted in the summary, never sent.
+
+    A recording without a body still has its time and outcome: one the filter leaves out (a
+    401 by default) is counted as filtered out, as it would be with its body.
+    """
 
     origin: str
     reason: str
+    received_at: datetime | None = None
+    original_status: int | None = None
+    original_reason: str | None = None
 
 
 def digest(data: bytes) -> str:
@@ -125,6 +132,10 @@ class ReplayFilter:
     def matches(self, item: ReplayItem) -> bool:
         return self._matches_origin(item) and self._matches_time(item) and self._matches_outcome(item)
 
+    def rules_out(self, item: SkippedItem) -> bool:
+        """True when what is known of a skipped item (its time and outcome) fails the filter."""
+        return not (self._matches_time(item) and self._matches_outcome(item))
+
     def _matches_origin(self, item: ReplayItem) -> bool:
         if self.orgs and item.organization_id not in self.orgs:
             return False
@@ -132,20 +143,20 @@ class ReplayFilter:
             return False
         return not self.kinds or bool(item.event_kinds & set(self.kinds))
 
-    def _matches_time(self, item: ReplayItem) -> bool:
+    def _matches_time(self, item: ReplayItem | SkippedItem) -> bool:
         if item.received_at is None:
             return True
         if self.since is not None and item.received_at < self.since:
             return False
         return self.until is None or item.received_at < self.until
 
-    def _matches_outcome(self, item: ReplayItem) -> bool:
+    def _matches_outcome(self, item: ReplayItem | SkippedItem) -> bool:
         if not self.outcomes:
             return item.original_status != 401
         return any(_outcome_matches(pattern, item) for pattern in self.outcomes)
 
 
-def _outcome_matches(pattern: str, item: ReplayItem) -> bool:
+def _outcome_matches(pattern: str, item: ReplayItem | SkippedItem) -> bool:
     status = item.original_status
     if pattern.isdigit():
         return status == int(pattern)

@@ -20,7 +20,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -235,11 +235,17 @@ def _stored_body(record: Mapping[str, Any], origin: str) -> bytes | SkippedItem:
 
 def _recording_item(record: dict[str, Any], line: bytes, origin: str) -> SourceItem:
     body = _stored_body(record, origin)
+    outcome = record["outcome"]
     if isinstance(body, SkippedItem):
-        return body
+        # What the filter needs to count it as filtered out rather than skipped (a 401).
+        return replace(
+            body,
+            received_at=parse_time(record["received_at"]),
+            original_status=int(outcome["status"]),
+            original_reason=str(outcome["reason"]),
+        )
     kind = _kind(record)
     headers = _resent_headers(record)
-    outcome = record["outcome"]
     return ReplayItem(
         item_id=digest(line.rstrip(b"\n")),
         origin=origin,

@@ -351,6 +351,35 @@ def test_filters_select_by_org_kind_outcome_and_time(tmp_path: Path) -> None:
     assert selected(since=since, until=until) == ["2", "3"]
 
 
+async def test_a_recording_without_body_that_the_filter_leaves_out_is_filtered_out(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A wrong-token 401 is recorded without its body: the default filter leaves 401s out, so it
+    counts as filtered out, like a 401 recorded whole; a 413 without body is still skipped."""
+    from receiver.recording import Outcome, RecordedRequest, to_line
+
+    def line(status: int, reason: str) -> bytes:
+        request = RecordedRequest(
+            "2025-05-01T10:00:00.000Z",
+            "outbound_message",
+            "salesforce",
+            OM_PATH,
+            {},
+            None,
+            "10.0.0.1",
+            Outcome(status, reason),
+        )
+        return to_line(request)
+
+    recording = tmp_path / "2025-05-01.jsonl"
+    recording.write_bytes(line(401, "wrong_token") + line(413, "payload_too_large"))
+    settings = make_settings()
+    summary = await run_replay(settings, [recording], dry_run=True)
+    assert (summary.filtered_out, dict(summary.skipped)) == (1, {"recorded_without_body": 1})
+    asked = await run_replay(settings, [recording], dry_run=True, item_filter=ReplayFilter(outcomes={"401"}))
+    assert (asked.filtered_out, dict(asked.skipped)) == (1, {"recorded_without_body": 1})
+
+
 def _sync_items(path: Path) -> list[Any]:
     from receiver.replay_sources import path_items
 
