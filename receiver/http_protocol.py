@@ -235,8 +235,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        # Usually within the read that completed the head: the app has not started yet.
-        self.cycle.scope[BODY_COMPLETE] = True  # type: ignore[typeddict-unknown-key]
+        # Usually within the read that completed the head: the app has not started yet. There
+        # is no cycle for an upgrade that opens a connection, and an old one after an upgrade.
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope[BODY_COMPLETE] = True  # type: ignore[typeddict-unknown-key]
 
     def on_response_complete(self) -> None:
         # Idle from now on: uvicorn's keep-alive timer closes a silent connection, this deadline

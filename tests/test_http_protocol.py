@@ -345,3 +345,16 @@ async def test_a_body_whole_on_arrival_is_marked_so_in_the_scope() -> None:
     await asyncio.sleep(0.01)
     protocol.connection_lost(None)
     assert seen == [True, None]
+
+
+async def test_a_websocket_upgrade_opening_a_connection_reaches_the_app(make_settings: SettingsFactory) -> None:
+    """No cycle exists for an upgrade: the body-complete mark must not turn it into a 400."""
+    upgrade = (
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with served(make_settings()) as address, connection(address) as (reader, writer):
+        writer.write(upgrade)
+        await writer.drain()
+        reply = await answer(reader)
+    assert reply.startswith(b"HTTP/1.1 403"), reply[:80]
