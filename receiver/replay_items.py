@@ -133,7 +133,12 @@ class ReplayFilter:
         return self._matches_origin(item) and self._matches_time(item) and self._matches_outcome(item)
 
     def rules_out(self, item: SkippedItem) -> bool:
-        """True when what is known of a skipped item (its time and outcome) fails the filter."""
+        """True when what is known of a skipped item (its time and outcome) fails the filter.
+
+        Never for an item without an outcome (an unreadable line): it stays reported as skipped.
+        """
+        if item.original_status is None:
+            return False
         return not (self._matches_time(item) and self._matches_outcome(item))
 
     def _matches_origin(self, item: ReplayItem) -> bool:

@@ -380,6 +380,19 @@ async def test_a_recording_without_body_that_the_filter_leaves_out_is_filtered_o
     assert (asked.filtered_out, dict(asked.skipped)) == (1, {"recorded_without_body": 1})
 
 
+async def test_unreadable_lines_stay_skipped_whatever_the_outcome_filter(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """A damaged recording file is reported as such, not hidden among the filtered out."""
+    recording = tmp_path / "2025-05-01.jsonl"
+    recording.write_bytes(b"{this is not json\n" + b'{"some": "other record"}\n')
+    settings = make_settings()
+    unfiltered = await run_replay(settings, [recording], dry_run=True)
+    assert dict(unfiltered.skipped) == {"unreadable_line": 1, "not_a_recording": 1}
+    asked = await run_replay(settings, [recording], dry_run=True, item_filter=ReplayFilter(outcomes={"5xx"}))
+    assert (asked.filtered_out, dict(asked.skipped)) == (0, {"unreadable_line": 1, "not_a_recording": 1})
+
+
 def _sync_items(path: Path) -> list[Any]:
     from receiver.replay_sources import path_items
 
