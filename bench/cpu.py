@@ -1,4 +1,5 @@
-"""CPU time spent by a process and its children, from /proc: the figure that noise does not move.
+"""CPU time (and peak memory) of a process and its children, from /proc: the figure that noise
+does not move.
 
 Throughput on a shared 2-core machine swings with whatever else runs; the CPU seconds a server
 spends per request hardly do. Each phase records the server's (all worker processes) and the
@@ -45,6 +46,31 @@ def tree_cpu_s(pid: int) -> float:
         total += _own_cpu_s(current)
         pending.extend(_children(current))
     return total
+
+
+def _peak_rss_mib(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):  # the resident set's high-water mark, in kB
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def tree_peak_rss_mib(pid: int) -> float | None:
+    """The largest peak resident set of ``pid`` and its live descendants (one worker's worth):
+    what each worker process needs, whatever the number of workers."""
+    peaks: list[float] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        peak = _peak_rss_mib(current)
+        if peak is not None:
+            peaks.append(peak)
+        pending.extend(_children(current))
+    return max(peaks, default=None)
 
 
 def broker_pid() -> int | None:

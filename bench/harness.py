@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import environment, profiling
+from bench import cpu, environment, profiling
 from bench.load import Phase, PhaseResult, run_phase
 from bench.servers import EVENT_SECRET, RunningServer, ServerSpec, private_redis, running
 from bench.verify import compare, delete_topics, partition_offsets, read_ids
@@ -160,6 +160,10 @@ def _run_target(target: str, topic: str, options: Options, work: Path, *, redis_
             ):
                 print(f"   {target} cannot sustain {phase.rate} requests/s: no higher rate tried", flush=True)
                 break
+        # Before the profile phases: py-spy's sampling adds nothing to the server's memory, but
+        # the figure should be that of the measured phases alone.
+        peak_rss_mib = cpu.tree_peak_rss_mib(server.pid)
+        print(f"   peak RSS of the largest server process: {peak_rss_mib or 0:.0f} MiB", flush=True)
         if options.profile:
             results += profile(server, options, target, work)
             for result in results:
@@ -170,7 +174,9 @@ def _run_target(target: str, topic: str, options: Options, work: Path, *, redis_
     counts, records = asyncio.run(read_ids(options.kafka_bootstrap, topic, start))
     verdict = compare(itertools.chain.from_iterable(result.acked_ids() for result in results), counts)
     print(f"   topic: {records} records, {verdict.found} ids, lost {verdict.lost}", flush=True)
-    return figures(results, verdict.as_dict(), records, profiles)
+    document = figures(results, verdict.as_dict(), records, profiles)
+    document["peak_rss_mib"] = None if peak_rss_mib is None else round(peak_rss_mib, 1)
+    return document
 
 
 def profile_file(target: str, phase: Phase) -> str:

@@ -22,6 +22,7 @@ _ROWS = (
     ("p99_om100_ms", "p99 ms, 100-notification OM at {om100_rate}/s", "{:.1f}"),
     ("cpu_us_per_request", "server CPU us per 1-notification request", "{:,.0f}"),
     ("cpu_us_per_notification", "server CPU us per notification (100 per request)", "{:,.1f}"),
+    ("peak_rss_mib", "peak RSS MiB, largest server process", "{:,.0f}"),
     ("lost", "lost (acked, not in the topic)", "{:d}"),
 )
 

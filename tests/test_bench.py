@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench import cpu
 from bench.__main__ import parse_arguments
 from bench.load import Phase, parse_result
 from bench.servers import private_redis
@@ -92,3 +95,21 @@ def test_quick_runs_leave_out_the_redis_target() -> None:
     full, _ = parse_arguments([])
     assert quick.targets == ("receiver", "baseline", "baseline-batched")
     assert full.targets == ("receiver", "receiver-redis", "baseline", "baseline-batched")
+
+
+def test_peak_memory_is_that_of_the_largest_process_of_the_tree() -> None:
+    """A child holding 200 MiB makes the tree's figure at least that: workers are children."""
+    hold = (
+        "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096]); import sys; "
+        "sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"
+    )
+    command = [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {hold!r}])"]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as parent:
+        assert parent.stdin is not None and parent.stdout is not None
+        try:
+            assert parent.stdout.readline() == b"ready\n"
+            peak = cpu.tree_peak_rss_mib(parent.pid)
+        finally:
+            parent.stdin.close()  # the child's end of input: both exit
+            parent.wait(timeout=30)
+    assert peak is not None and 200 <= peak < 400
