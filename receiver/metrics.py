@@ -14,7 +14,8 @@ largest live worker's value; the live gauges of workers that died are dropped at
 
 In those workers a value changes in memory and reaches its file at most
 ``WRITE_BEHIND_INTERVAL_S`` later, before each scrape and at shutdown (``write_behind``):
-writing the file on every change cost each request about 6 us of its 200.
+writing the file on every change (about 11 per request) took a 1-notification message from
+166 to about 205 us of CPU under load (bench), though only 6 us in-process.
 """
 
 from __future__ import annotations
