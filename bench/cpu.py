@@ -9,6 +9,7 @@ broker's CPU time, so a result says what one request costs and who pays for it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -37,15 +38,18 @@ def _own_cpu_s(pid: int) -> float:
     return (user_ticks + system_ticks) / _TICKS_PER_S
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants."""
-    total = 0.0
+def _tree(pid: int) -> Iterator[int]:
+    """``pid`` and its live descendants."""
     pending = [pid]
     while pending:
         current = pending.pop()
-        total += _own_cpu_s(current)
+        yield current
         pending.extend(_children(current))
-    return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    return sum(_own_cpu_s(current) for current in _tree(pid))
 
 
 def _peak_rss_mib(pid: int) -> float | None:
@@ -62,14 +66,7 @@ def _peak_rss_mib(pid: int) -> float | None:
 def tree_peak_rss_mib(pid: int) -> float | None:
     """The largest peak resident set of ``pid`` and its live descendants (one worker's worth):
     what each worker process needs, whatever the number of workers."""
-    peaks: list[float] = []
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        peak = _peak_rss_mib(current)
-        if peak is not None:
-            peaks.append(peak)
-        pending.extend(_children(current))
+    peaks = [peak for peak in map(_peak_rss_mib, _tree(pid)) if peak is not None]
     return max(peaks, default=None)
 
 
