@@ -25,7 +25,8 @@ OUTBOUND: Final = "outbound_message"
 EVENTS: Final = "event"
 TERAPI: Final = "terapi_forward"
 ENDPOINT_KINDS: Final = (OUTBOUND, EVENTS, TERAPI)
-_ENDPOINT_SEGMENTS: Final = {"outbound-messages": OUTBOUND, "events": EVENTS}
+#: The last path segment of each integration's webhook endpoints, and the kind it receives.
+ENDPOINT_SEGMENTS: Final = {"outbound-messages": OUTBOUND, "events": EVENTS}
 
 
 def endpoint_of(path: str) -> tuple[str, str] | None:
@@ -38,7 +39,7 @@ def endpoint_of(path: str) -> tuple[str, str] | None:
     if parts == ["webhooks", "terapi"]:
         return TERAPI, "terapi"
     if len(parts) == 3 and parts[0] == "webhooks":
-        kind = _ENDPOINT_SEGMENTS.get(parts[2])
+        kind = ENDPOINT_SEGMENTS.get(parts[2])
         if kind is not None:
             return kind, parts[1]
     return None

@@ -34,7 +34,15 @@ from receiver.limits import (
 )
 from receiver.logs import request_id_var
 from receiver.pipeline import Delivery
-from receiver.processing import EVENTS, OUTBOUND, TERAPI, Origin, PayloadProcessor, webhook_delivery_id
+from receiver.processing import (
+    ENDPOINT_SEGMENTS,
+    EVENTS,
+    OUTBOUND,
+    TERAPI,
+    Origin,
+    PayloadProcessor,
+    webhook_delivery_id,
+)
 from receiver.recording import Outcome, RecordedRequest
 
 if TYPE_CHECKING:
@@ -58,23 +66,25 @@ class WebhookEndpoints:
             org: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
             for org, secrets in self.settings.event_secrets_by_org.items()
         }
+        #: The handler of each integration endpoint's kind (``ENDPOINT_SEGMENTS``).
+        self._handlers: dict[str, Handler] = {OUTBOUND: self.outbound_messages, EVENTS: self.events}
 
     def routes(self) -> list[Route]:
         return [
             Route("/webhooks/terapi", self.terapi_forward, methods=["POST"]),
-            Route("/webhooks/{integration}/outbound-messages", self.outbound_messages, methods=["POST"]),
-            Route("/webhooks/{integration}/events", self.events, methods=["POST"]),
+            *(
+                Route(f"/webhooks/{{integration}}/{segment}", self._handlers[kind], methods=["POST"])
+                for segment, kind in ENDPOINT_SEGMENTS.items()
+            ),
         ]
 
     def handler_for(self, path: str) -> tuple[Handler, dict[str, str]] | None:
         """The handler ``routes`` gives a POST to ``path``, and its path parameters, or None."""
         parts = path.split("/")
         if len(parts) == 4 and parts[1] == "webhooks" and parts[2]:
-            if parts[3] == "outbound-messages":
-                return self.outbound_messages, {"integration": parts[2]}
-            if parts[3] == "events":
-                return self.events, {"integration": parts[2]}
-        elif len(parts) == 3 and parts[1] == "webhooks" and parts[2] == "terapi":
+            kind = ENDPOINT_SEGMENTS.get(parts[3])
+            return None if kind is None else (self._handlers[kind], {"integration": parts[2]})
+        if len(parts) == 3 and parts[1] == "webhooks" and parts[2] == "terapi":
             return self.terapi_forward, {}
         return None
 
