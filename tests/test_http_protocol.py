@@ -57,19 +57,21 @@ def head(*headers: str, path: str = "/healthz") -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: test\r\n" + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode()
 
 
+async def scraped(address: tuple[str, int]) -> str:
+    """The server's /metrics text."""
+    async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
+        return (await client.get("/metrics")).text
+
+
 async def refused(address: tuple[str, int], reason: str) -> float:
     """The server's receiver_connections_refused_total for ``reason``."""
-    async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
-        text = (await client.get("/metrics")).text
-    return metric(text, f'receiver_connections_refused_total{{reason="{reason}"}}')
+    return metric(await scraped(address), f'receiver_connections_refused_total{{reason="{reason}"}}')
 
 
 async def rejected(address: tuple[str, int], labels: str) -> float:
     """The server's receiver_requests_rejected_total with ``labels``."""
-    async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
-        text = (await client.get("/metrics")).text
     try:
-        return metric(text, f"receiver_requests_rejected_total{{{labels}}}")
+        return metric(await scraped(address), f"receiver_requests_rejected_total{{{labels}}}")
     except AssertionError:  # not counted yet
         return 0.0
 
