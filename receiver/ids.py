@@ -41,8 +41,9 @@ def checksum(id15: str) -> str:
 def normalize_id(value: str, *, what: str = "id") -> str:
     """Return the 18-character form of a 15- or 18-character Salesforce id.
 
-    Raises ``InvalidMessage`` when the value is not 15 or 18 alphanumerics, or when an
-    18-character id's checksum does not match its first 15 characters.
+    An 18-character id whose first 15 characters were case-folded (``00D5G000004XZ1AEAS``) gets
+    their case back from the suffix. Raises ``InvalidMessage`` when the value is not 15 or 18
+    alphanumerics, or when an 18-character id's checksum does not match its first 15 characters.
     """
     candidate = value.strip()
     if _ID_PATTERN.fullmatch(candidate) is None:
@@ -50,10 +51,30 @@ def normalize_id(value: str, *, what: str = "id") -> str:
     expected = checksum(candidate[:15])
     if len(candidate) == 18:
         # Some tools upper-case the suffix; the checksum letters themselves are case-free.
-        if candidate[15:].upper() != expected:
+        suffix = candidate[15:].upper()
+        if suffix == expected:
+            return candidate[:15] + expected
+        restored = _restore_case(candidate[:15], suffix)
+        if restored is None:
             raise InvalidMessage(f"{what} has a wrong 18-character checksum", reason="invalid_id")
-        return candidate[:15] + expected
+        return restored + suffix
     return candidate + expected
+
+
+def _restore_case(id15: str, suffix: str) -> str | None:
+    """The case the suffix gives the 15 characters of an id a case-insensitive system folded
+    (all upper or all lower case, which is what the 18-character form is made to survive);
+    None when they were not folded or the suffix cannot be theirs (an upper-case digit)."""
+    letters = [char for char in id15 if char.isalpha()]
+    if not (all(char.isupper() for char in letters) or all(char.islower() for char in letters)):
+        return None
+    chars = []
+    for position, char in enumerate(id15):
+        upper = _SUFFIX.index(suffix[position // 5]) >> (position % 5) & 1
+        if upper and not char.isalpha():
+            return None
+        chars.append(char.upper() if upper else char.lower())
+    return "".join(chars)
 
 
 def normalize_org_id(value: str) -> str:

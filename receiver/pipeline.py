@@ -14,6 +14,7 @@ the keys it is committing); on another replica it is ``IN_FLIGHT`` for that mome
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -39,6 +40,17 @@ class Delivery:
     duplicates: int
 
 
+def delivery_key(delivery_id: str, event_keys: Sequence[str]) -> str:
+    """The dedupe key of one delivery: its id and the events it carries.
+
+    The events are part of it because a sender's ids are only unique to that sender: another
+    org (with a secret of its own) or a sender counting from 1 again may reuse one. Keyed by the
+    id alone, their new events would be answered as duplicates and never published.
+    """
+    carried = hashlib.blake2b("\n".join(sorted(event_keys)).encode(), digest_size=16).hexdigest()
+    return f"delivery {delivery_id} {carried}"
+
+
 class Pipeline:
     def __init__(self, sink: Sink, dedupe: DedupeStore, metrics: Metrics, *, max_events_in_flight: int) -> None:
         self.sink = sink
@@ -56,7 +68,8 @@ class Pipeline:
         """Publish the events not yet published.
 
         ``delivery_id`` names the request itself (a Standard Webhooks ``webhook-id``): once a
-        delivery with that id succeeded, a retry of it publishes nothing, whatever it holds.
+        delivery with that id succeeded, a retry of it, the same id carrying the same events, is
+        answered as a duplicate (``delivery_key``).
 
         Raises ``Overloaded`` past the in-flight bound, ``DuplicateInFlight`` when another copy
         of one of them is being published right now, ``PublishFailed`` when the sink failed.
@@ -76,7 +89,7 @@ class Pipeline:
     async def _deliver(self, events: list[CloudEvent], duplicate_copies: int, delivery_id: str | None) -> Delivery:
         keys = [event.dedupe_key for event in events]
         if delivery_id is not None:
-            keys.append(f"delivery {delivery_id}")
+            keys.append(delivery_key(delivery_id, keys))
         deduped = True
         try:
             claims = await self.dedupe.claim(keys)

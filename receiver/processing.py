@@ -47,7 +47,7 @@ def endpoint_of(path: str) -> tuple[str, str] | None:
 
 def webhook_delivery_id(integration: str, webhook_id: str) -> str:
     """The pipeline's ``delivery_id`` of a Standard Webhooks request: a retry of a delivery that
-    succeeded publishes nothing, whatever it holds (replay --publish keys its deliveries alike)."""
+    succeeded, carrying the same events, is a duplicate (replay --publish keys its deliveries alike)."""
     return f"webhook {integration} {webhook_id}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from tests.event_payloads import (
     TERAPI_SECRET,
     change_event,
     sample,
+    platform_message,
     signed_headers,
     terapi_headers,
 )
@@ -161,6 +163,21 @@ async def test_resent_webhook_id_is_a_duplicate(event_settings: SettingsFactory)
     assert first.json() == {"accepted": 1, "duplicates": 0}
     assert second.json() == {"accepted": 0, "duplicates": 1}
     assert len(written(settings)) == 1
+
+
+async def test_a_reused_webhook_id_with_new_events_publishes_them(event_settings: SettingsFactory) -> None:
+    """A sender's ids are unique only to it: the same webhook-id carrying other events is no retry."""
+    settings = event_settings()
+    bodies = [dumps(platform_message(EventUuid=str(uuid.uuid4()), replayId=str(n))) for n in (1, 2)]
+    async with live_receiver(settings) as client:
+        answers = [
+            (await client.post(EVENTS_PATH, content=body, headers=signed_headers(body, webhook_id="msg_1"))).json()
+            for body in bodies
+        ]
+        retry = await client.post(EVENTS_PATH, content=bodies[1], headers=signed_headers(bodies[1], webhook_id="msg_1"))
+    assert answers == [{"accepted": 1, "duplicates": 0}] * 2
+    assert retry.json() == {"accepted": 0, "duplicates": 1}
+    assert len(written(settings)) == 2
 
 
 async def test_gap_and_overflow_events(event_settings: SettingsFactory) -> None:
