@@ -19,8 +19,8 @@ from tests.event_payloads import (
     SECRET,
     TERAPI_SECRET,
     change_event,
-    sample,
     platform_message,
+    sample,
     signed_headers,
     terapi_headers,
 )
