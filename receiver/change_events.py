@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from receiver.errors import InvalidMessage
-from receiver.event import CHANGE_EVENT, PLATFORM_EVENT, CloudEvent, Connection
+from receiver.event import CHANGE_EVENT, PLATFORM_EVENT, CloudEvent, Connection, utc_of
 
 ChangeType = Literal[
     "CREATE",
@@ -99,7 +99,7 @@ def to_iso_timestamp(value: object) -> str:
             return value
         moment = datetime.fromisoformat(value)
         # Salesforce date-times are UTC; a missing offset means UTC, not the host's zone.
-        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else utc_of(moment)
     elif isinstance(value, int) and not isinstance(value, bool):
         try:
             moment = _EPOCH + timedelta(milliseconds=value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 SPEC_VERSION: Final = "1.0"
@@ -53,6 +54,15 @@ def utc_now_iso() -> str:
     if _formatted_second[0] != second:
         _formatted_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     return f"{_formatted_second[1]}.{int((now - second) * 1000):03d}Z"
+
+
+def utc_of(moment: datetime) -> datetime:
+    """``moment``, which has an offset, in UTC; raises ``ValueError`` when that leaves the
+    years 1 to 9999 (``0001-01-01T00:00:00+01:00``), as the parsers' other refusals do."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("date-time out of range once in UTC") from exc
 
 
 @dataclass(frozen=True, slots=True)

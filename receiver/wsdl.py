@@ -23,6 +23,7 @@ from typing import Any, Final
 from lxml import etree
 
 from receiver.errors import ConfigurationError, InvalidMessage
+from receiver.event import utc_of
 
 WSDL_NS: Final = "http://schemas.xmlsoap.org/wsdl/"
 XSD_NS: Final = "http://www.w3.org/2001/XMLSchema"
@@ -62,7 +63,7 @@ def normalize_datetime(text: str) -> str:
     if not _DATETIME.fullmatch(candidate):
         raise ValueError("not an xsd:dateTime")
     moment = datetime.fromisoformat(candidate)
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else utc_of(moment)
     timespec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
     return moment.replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
 

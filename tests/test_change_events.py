@@ -99,9 +99,11 @@ def test_created_date_is_normalized_to_utc_iso(created: Any, expected: str) -> N
     assert events_of(body)[0].time == expected
 
 
-def test_unparseable_created_date_is_refused() -> None:
-    """ce_time must be a date-time, so a broken CreatedDate is invalid_event."""
-    body = dumps({"channel": "/event/A__e", "data": {"payload": {"CreatedDate": "soon"}, "event": {"replayId": 1}}})
+@pytest.mark.parametrize("created", ["soon", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_unparseable_created_date_is_refused(created: str) -> None:
+    """ce_time must be a date-time, so a broken CreatedDate, or one past year 9999 or before
+    year 1 once in UTC, is invalid_event (not an OverflowError, which was a 500)."""
+    body = dumps({"channel": "/event/A__e", "data": {"payload": {"CreatedDate": created}, "event": {"replayId": 1}}})
     with pytest.raises(InvalidMessage) as excinfo:
         events_of(body)
     assert excinfo.value.reason == "invalid_event"

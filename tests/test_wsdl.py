@@ -177,3 +177,10 @@ def test_normalize_datetime_refuses_non_datetimes() -> None:
     """normalize_datetime raises ValueError for text that is not an xsd:dateTime."""
     with pytest.raises(ValueError, match="dateTime"):
         normalize_datetime("2017-05-02 11:53:53")
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_normalize_datetime_refuses_what_leaves_the_calendar_in_utc(text: str) -> None:
+    """A valid xsd:dateTime that is before year 1 or after 9999 in UTC: ValueError, not OverflowError."""
+    with pytest.raises(ValueError, match="out of range"):
+        normalize_datetime(text)
