@@ -114,9 +114,14 @@ class WebhookEndpoints:
             response = answer_error(error)
             outcome = Outcome(error.status, error.reason)
         except Exception:
-            # The payload that hit a bug is the one to replay once the bug is fixed.
-            self._record(request, kind, integration, received_at, Outcome(500, "internal_error"))
-            raise
+            # A bug: the sender still gets the endpoint's own error format (a SOAP Fault it will
+            # retry, a problem document), and the payload that hit it is recorded, to be replayed
+            # once the bug is fixed.
+            logger.exception("request failed", extra={"kind": kind})
+            error = ReceiverError("the receiver failed on this request; it is logged, resend it later")
+            self.metrics.rejected.labels(kind, str(error.status), error.reason).inc()
+            response = answer_error(error)
+            outcome = Outcome(error.status, error.reason)
         finally:
             self.metrics.request_latency.labels(kind).observe(time.perf_counter() - started)
         self._record(request, kind, integration, received_at, outcome)

@@ -13,6 +13,7 @@ import pytest
 from lxml import etree
 
 from receiver.file_sink import EVENTS_FILE, QUARANTINE_FILE
+from receiver.processing import PayloadProcessor
 from tests.broker import start_kafka, stop_kafka
 from tests.conftest import SettingsFactory, live_receiver
 from tests.kafka_helpers import read_topic
@@ -188,6 +189,31 @@ async def test_hostile_inputs_are_client_faults_and_leave_no_trace(
     for path in settings.data_dir.rglob("*"):
         if path.is_file():
             assert b"TOP-SECRET" not in path.read_bytes()
+
+
+async def test_a_bug_is_a_soap_fault_salesforce_retries_and_the_payload_is_recorded(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception: a soapenv:Server Fault (500), not a plain-text page; recorded for replay."""
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(PayloadProcessor, "outbound_message", broken)
+    settings = make_settings()
+    async with live_receiver(settings) as client:
+        response = await client.post(OM_PATH, content=outbound_message(1, start=700), headers=SOAP)
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 500
+    assert fault(response)[0] == "soapenv:Server"
+    assert 'kind="outbound_message",reason="internal_error",status="500"} 1.0' in metrics
+    [line] = [
+        orjson.loads(line)
+        for path in (settings.data_dir / "recordings").glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+    assert line["outcome"] == {"status": 500, "reason": "internal_error"}
+    assert "notifications" in line["body"]
 
 
 async def test_json_content_type_is_415(make_settings: SettingsFactory) -> None:
