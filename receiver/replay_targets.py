@@ -27,7 +27,6 @@ import httpx
 from receiver import __version__, signatures
 from receiver.errors import InvalidMessage, ReceiverError
 from receiver.event import CloudEvent, utc_now_iso
-from receiver.ids import normalize_org_id
 from receiver.limits import check_integration
 from receiver.processing import EVENTS, OUTBOUND, PayloadProcessor, webhook_delivery_id
 from receiver.replay_items import ReplayItem, digest
@@ -99,8 +98,12 @@ class HttpTarget:
         self.attempts = attempts
         self._event_keys = [signatures.parse_webhook_secret(s.get_secret_value()) for s in settings.event_secrets]
         self._event_keys_by_org = {
-            normalize_org_id(org): [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
+            org: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
             for org, secrets in settings.event_secrets_by_org.items()
+        }
+        self._event_keys_by_integration = {
+            integration: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
+            for integration, secrets in settings.event_secrets_by_integration.items()
         }
         self._client: httpx.AsyncClient | None = None
 
@@ -127,7 +130,7 @@ class HttpTarget:
         if org_header is not None:
             headers["X-Salesforce-Org-Id"] = org_header
         if item.kind == EVENTS:
-            keys = self._keys_for(item.organization_id)
+            keys = self._keys_for(item.organization_id, item.integration)
             if not keys:
                 raise Unsigned("no RECEIVER_EVENT_SECRETS secret to sign with", reason="no_event_secret")
             webhook_id, timestamp = webhook_id_of(item), int(time.time())
@@ -143,10 +146,10 @@ class HttpTarget:
         headers["X-Terapi-Hmac-Sha256"] = signatures.sign_terapi(secret.get_secret_value(), item.body)
         return PreparedRequest("/webhooks/terapi", headers, params)
 
-    def _keys_for(self, organization_id: str | None) -> list[bytes]:
-        # The org's own first key and the first shared one: whichever the receiver holds verifies.
+    def _keys_for(self, organization_id: str | None, integration: str) -> list[bytes]:
+        # The first key of each kind that applies: whichever the receiver holds verifies.
         own = self._event_keys_by_org.get(organization_id or "", [])[:1]
-        return own + self._event_keys[:1]
+        return own + self._event_keys_by_integration.get(integration, [])[:1] + self._event_keys[:1]
 
     def describe(self, item: ReplayItem) -> dict[str, Any]:
         """The request a dry run would send, without secrets: the token and signatures are named only."""

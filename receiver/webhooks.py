@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -65,6 +66,10 @@ class WebhookEndpoints:
         self._event_keys_by_org = {
             org: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
             for org, secrets in self.settings.event_secrets_by_org.items()
+        }
+        self._event_keys_by_integration = {
+            integration: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
+            for integration, secrets in self.settings.event_secrets_by_integration.items()
         }
         #: The handler of each integration endpoint's kind (``ENDPOINT_SEGMENTS``).
         self._handlers: dict[str, Handler] = {OUTBOUND: self.outbound_messages, EVENTS: self.events}
@@ -210,7 +215,7 @@ class WebhookEndpoints:
             webhook_id = signatures.verify_standard_webhook(
                 request.headers,
                 body,
-                self._keys_for(header_org),
+                self._keys_for(integration, header_org, body),
                 tolerance_s=self.settings.event_timestamp_tolerance_s,
             )
             events = await self.processor.events(integration, body, header_org, received_at, _origin(request))
@@ -220,14 +225,22 @@ class WebhookEndpoints:
 
         return await self._answer(request, EVENTS, integration, responses.problem, handle)
 
-    def _keys_for(self, header_org: str | None) -> list[bytes]:
-        if header_org is None:
-            return self._event_keys
+    def _keys_for(self, integration: str, header_org: str | None, body: bytes) -> list[bytes]:
+        """The secrets that may have signed a request: its org's, its integration's, the shared ones.
+
+        The org is the header's, or else the ``organizationId`` the body names (read before the
+        signature is checked only when some org has secrets of its own: it picks a key, and an
+        unsigned body gains nothing by naming an org).
+        """
+        keys = self._event_keys_by_integration.get(integration, []) + self._event_keys
+        if not self._event_keys_by_org:
+            return keys
+        named = header_org if header_org is not None else _body_org(body)
         try:
-            org_id = normalize_org_id(header_org)
+            org_id = normalize_org_id(named) if named is not None else None
         except InvalidMessage:
-            return self._event_keys
-        return self._event_keys_by_org.get(org_id, []) + self._event_keys
+            org_id = None
+        return self._event_keys_by_org.get(org_id, []) + keys if org_id is not None else keys
 
     # -- Webhooks forwarded by terapi ---------------------------------------------------------
 
@@ -245,6 +258,19 @@ class WebhookEndpoints:
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
         return await self._answer(request, TERAPI, "terapi", responses.problem, handle)
+
+
+def _body_org(body: bytes) -> str | None:
+    """The top-level ``organizationId`` of a JSON event message, a wrapper, or a list of messages
+    that all name the same org; None otherwise (the signature check then decides)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    items = document if isinstance(document, list) else [document]
+    named = {item.get("organizationId") for item in items if isinstance(item, dict)}
+    org = named.pop() if len(named) == 1 else None
+    return org if isinstance(org, str) else None
 
 
 def _origin(request: Request) -> Origin:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -110,6 +111,40 @@ async def test_per_org_secret_from_the_configuration(event_settings: SettingsFac
         refused = await client.post(EVENTS_PATH, content=body, headers=other_org)
     assert ok.status_code == 200
     assert_problem(refused, 401, "bad_signature")
+
+
+async def test_per_org_secret_under_a_15_character_id_for_an_org_named_in_the_body(
+    event_settings: SettingsFactory,
+) -> None:
+    """The org's secret is found by the body's organizationId too, and its key may be 15 characters."""
+    settings = event_settings(event_secrets="", event_secrets_by_org={ORG[:15]: [ROTATED_SECRET]})
+    mine = dumps({**sample("platform_event_low_ink.json"), "organizationId": ORG[:15]})
+    other = dumps({**sample("platform_event_low_ink.json"), "organizationId": "00DD0000000muCUMAY"})
+    async with live_receiver(settings) as client:
+        ok = await client.post(EVENTS_PATH, content=mine, headers=signed_headers(mine, secret=ROTATED_SECRET, org=None))
+        refused = await client.post(
+            EVENTS_PATH, content=other, headers=signed_headers(other, secret=ROTATED_SECRET, org=None)
+        )
+    assert ok.json() == {"accepted": 1, "duplicates": 0}
+    assert_problem(refused, 401, "bad_signature")
+    assert [event["source"] for event in written(settings)] == [f"/salesforce/orgs/{ORG}"]
+
+
+async def test_per_integration_secret(event_settings: SettingsFactory, tmp_path: Path) -> None:
+    """A secret configured for salesforce-sandbox verifies that integration's requests only."""
+    org_map = tmp_path / "orgs.toml"
+    org_map.write_text(f'[orgs."{ORG}"]\nconnection_id = "acme-sandbox"\nintegration = "salesforce-sandbox"\n')
+    settings = event_settings(
+        event_secrets="", event_secrets_by_integration={"salesforce-sandbox": [ROTATED_SECRET]}, org_map_file=org_map
+    )
+    body = dumps(sample("platform_event_low_ink.json"))
+    headers = signed_headers(body, secret=ROTATED_SECRET)
+    async with live_receiver(settings) as client:
+        sandbox = await client.post("/webhooks/salesforce-sandbox/events", content=body, headers=headers)
+        production = await client.post(EVENTS_PATH, content=body, headers=headers)
+    assert sandbox.json() == {"accepted": 1, "duplicates": 0}
+    assert_problem(production, 401, "bad_signature")
+    assert [event["data"]["connection"]["connection_id"] for event in written(settings)] == ["acme-sandbox"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 from receiver.cli import uvicorn_options
 from receiver.errors import ConfigurationError
 from receiver.settings import load_settings
+from tests.event_payloads import ROTATED_SECRET, SECRET
 
 
 def test_defaults_match_the_design() -> None:
@@ -39,10 +40,10 @@ def test_environment_wins_over_the_toml_file(tmp_path: Path, monkeypatch: pytest
 def test_comma_separated_lists_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """RECEIVER_INTEGRATIONS and RECEIVER_EVENT_SECRETS are comma-separated."""
     monkeypatch.setenv("RECEIVER_INTEGRATIONS", "salesforce, salesforce-sandbox,custom-sf")
-    monkeypatch.setenv("RECEIVER_EVENT_SECRETS", "whsec_a,whsec_b")
+    monkeypatch.setenv("RECEIVER_EVENT_SECRETS", f"{SECRET}, {ROTATED_SECRET}")
     settings = load_settings()
     assert settings.integrations == ["salesforce", "salesforce-sandbox", "custom-sf"]
-    assert [secret.get_secret_value() for secret in settings.event_secrets] == ["whsec_a", "whsec_b"]
+    assert [secret.get_secret_value() for secret in settings.event_secrets] == [SECRET, ROTATED_SECRET]
 
 
 def test_bad_value_names_the_setting_and_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,3 +111,67 @@ def test_serve_with_a_bad_port_exits_with_one_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "RECEIVER_PORT" in lines[0] and "'abc'" in lines[0]
+
+
+def test_an_empty_variable_is_an_unset_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RECEIVER_KAFKA_BOOTSTRAP_SERVERS= (as templates render unset values) means the file sink."""
+    monkeypatch.setenv("RECEIVER_KAFKA_BOOTSTRAP_SERVERS", "")
+    monkeypatch.setenv("RECEIVER_TERAPI_SECRET_KEY", "")
+    settings = load_settings()
+    assert not settings.uses_kafka
+    assert settings.terapi_secret_key is None
+
+
+@pytest.mark.parametrize(
+    ("environment", "named", "says"),
+    [
+        ({"RECEIVER_INTEGRATIONS": " , "}, "RECEIVER_INTEGRATIONS", "at least one integration"),
+        ({"RECEIVER_EVENT_SECRETS": "not-a-whsec"}, "RECEIVER_EVENT_SECRETS", "must start with 'whsec_'"),
+        ({"RECEIVER_EVENT_SECRETS": "whsec_!!!"}, "RECEIVER_EVENT_SECRETS", "base64"),
+        (
+            {"RECEIVER_KAFKA_SECURITY_PROTOCOL": "SSL", "RECEIVER_KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+            "RECEIVER_KAFKA_SSL_CAFILE",
+            "does not point to a file",
+        ),
+        (
+            {"RECEIVER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RECEIVER_KAFKA_SASL_MECHANISM": "PLAIN"},
+            "RECEIVER_KAFKA_SASL_USERNAME",
+            "needs",
+        ),
+    ],
+    ids=["no-integration", "no-prefix", "not-base64", "missing-ca-file", "sasl-without-credentials"],
+)
+def test_settings_serve_would_fail_on_are_refused_up_front(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], named: str, says: str
+) -> None:
+    """What used to pass check and then stop serve (or crash it with a traceback) is one clear line."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert named in caught.value.detail and says in caught.value.detail
+    assert "!!!" not in caught.value.detail and "not-a-whsec" not in caught.value.detail
+
+
+def test_secrets_by_org_are_held_by_the_18_character_id(tmp_path: Path) -> None:
+    """A 15-character key is normalized; a key that is no org id, or an org listed twice, is refused."""
+    config = tmp_path / "receiver.toml"
+    config.write_text(f'[event_secrets_by_org]\n"00D1I000003qqqE" = ["{SECRET}"]\n')
+    assert list(load_settings(config).event_secrets_by_org) == ["00D1I000003qqqEUAQ"]
+    for table in (
+        f'"nope" = ["{SECRET}"]',
+        f'"00D1I000003qqqE" = ["{SECRET}"]\n"00D1I000003qqqEUAQ" = ["{ROTATED_SECRET}"]',
+    ):
+        config.write_text(f"[event_secrets_by_org]\n{table}\n")
+        with pytest.raises(ConfigurationError, match="RECEIVER_EVENT_SECRETS_BY_ORG"):
+            load_settings(config)
+
+
+def test_secrets_by_integration_name_a_served_integration(tmp_path: Path) -> None:
+    """[event_secrets_by_integration] keys must be integrations the receiver serves."""
+    config = tmp_path / "receiver.toml"
+    config.write_text(f'[event_secrets_by_integration]\n"salesforce-sandbox" = ["{SECRET}"]\n')
+    assert list(load_settings(config).event_secrets_by_integration) == ["salesforce-sandbox"]
+    config.write_text(f'[event_secrets_by_integration]\n"salesforce-sanbox" = ["{SECRET}"]\n')
+    with pytest.raises(ConfigurationError, match="not in RECEIVER_INTEGRATIONS"):
+        load_settings(config)
