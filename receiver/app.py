@@ -90,7 +90,7 @@ def build_dedupe(settings: Settings, metrics: Metrics) -> DedupeStore:
 
 
 def build_connections(settings: Settings, metrics: Metrics) -> ConnectionResolver:
-    sources: list[ConnectionSource] = [StaticConnectionMap.load(settings.org_map_file)]
+    sources: list[ConnectionSource] = [StaticConnectionMap.load(settings.org_map_file, settings.integrations)]
     if settings.terapi_secret_key is not None:
         from receiver.terapi import TerapiConnectionSource
 

@@ -8,7 +8,7 @@ request path unless the org is unknown, and then only through the source's own r
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -49,23 +49,41 @@ class StaticConnectionMap:
     entries: dict[str, Connection]
 
     @classmethod
-    def load(cls, path: Path | None) -> StaticConnectionMap:
-        """Read the TOML map; raises ``ConfigurationError`` naming the file and the bad entry."""
+    def load(cls, path: Path | None, integrations: Collection[str] | None = None) -> StaticConnectionMap:
+        """Read the TOML map; raises ``ConfigurationError`` naming the file and the bad entry.
+
+        An entry that could never match is refused as well: an integration not in
+        ``integrations`` (a typo would leave the org unknown, every request a 403), the same org
+        written twice (as 15 and 18 characters), a table other than ``orgs``.
+        """
         if path is None:
             return cls({})
+        where = f"org map file {str(path)!r}"
         try:
             document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigurationError(f"org map file {str(path)!r} cannot be read: {exc}") from exc
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"{where} cannot be read: {exc}") from exc
+        unknown = sorted(set(document) - {"orgs"})
+        if unknown:
+            raise ConfigurationError(f'{where}: unknown table {unknown[0]!r} (entries go under [orgs."00D..."])')
+        orgs = document.get("orgs", {})
+        if not isinstance(orgs, dict):
+            raise ConfigurationError(f'{where}: orgs must be tables, [orgs."00D..."]')
         entries: dict[str, Connection] = {}
-        for raw_org_id, entry in document.get("orgs", {}).items():
+        for raw_org_id, entry in orgs.items():
             try:
                 org_id = normalize_org_id(raw_org_id)
                 connection = Connection(str(entry["connection_id"]), str(entry["integration"]))
             except (InvalidMessage, KeyError, TypeError) as exc:
+                problem = f"no {exc.args[0]}" if isinstance(exc, KeyError) else str(exc)
+                raise ConfigurationError(f"{where}: entry {raw_org_id!r} is invalid ({problem})") from exc
+            if integrations is not None and connection.integration not in integrations:
                 raise ConfigurationError(
-                    f"org map file {str(path)!r}: entry {raw_org_id!r} is invalid ({exc})"
-                ) from exc
+                    f"{where}: entry {raw_org_id!r} names integration {connection.integration!r}, "
+                    f"which is not in RECEIVER_INTEGRATIONS ({','.join(integrations)})"
+                )
+            if org_id in entries:
+                raise ConfigurationError(f"{where}: org {org_id} is listed twice")
             entries[org_id] = connection
         return cls(entries)
 

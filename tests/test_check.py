@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -53,6 +55,39 @@ def test_an_unreadable_org_map_fails_naming_the_file(tmp_path: Path) -> None:
     result = check(env={"RECEIVER_ORG_MAP_FILE": str(tmp_path / "missing.toml")})
     assert result.returncode == 2
     assert "missing.toml" in result.stderr and "cannot be read" in result.stderr
+
+
+ORG = "00D5g000004Xz1AEAS"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'orgs = "x"\n', "orgs must be tables"),
+        (b'[[orgs]]\nconnection_id = "a"\n', "orgs must be tables"),
+        (b"\xff\xfe not text", "cannot be read"),
+        (f'[org."{ORG}"]\nconnection_id = "a"\nintegration = "salesforce"\n'.encode(), "unknown table 'org'"),
+        (
+            f'[orgs."{ORG}"]\nconnection_id = "a"\nintegration = "salesforce-sanbox"\n'.encode(),
+            "integration 'salesforce-sanbox', which is not in RECEIVER_INTEGRATIONS",
+        ),
+        (
+            f'[orgs."{ORG}"]\nconnection_id = "a"\nintegration = "salesforce"\n'
+            f'[orgs."{ORG[:15]}"]\nconnection_id = "b"\nintegration = "salesforce"\n'.encode(),
+            f"org {ORG} is listed twice",
+        ),
+        (f'[orgs."{ORG}"]\nconnection_id = "a"\n'.encode(), "is invalid (no integration)"),
+    ],
+    ids=["string", "array", "not-utf8", "misspelled-table", "unknown-integration", "org-twice", "missing-key"],
+)
+def test_an_org_map_that_cannot_work_fails_with_one_line(tmp_path: Path, content: bytes, says: str) -> None:
+    """A map whose entries could never match (or cannot be read) stops check, never a traceback."""
+    org_map = tmp_path / "orgs.toml"
+    org_map.write_bytes(content)
+    result = check(env={"RECEIVER_ORG_MAP_FILE": str(org_map)})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "orgs.toml" in line and says in line
 
 
 def test_doubtful_timeouts_pass_with_a_warning() -> None:
