@@ -45,6 +45,10 @@ def endpoint_of(path: str) -> tuple[str, str] | None:
     return None
 
 
+#: The reason of a terapi forward whose connection is not indexed and whose payload names no org.
+UNKNOWN_CONNECTION: Final = "unknown_connection"
+
+
 def webhook_delivery_id(integration: str, webhook_id: str) -> str:
     """The pipeline's ``delivery_id`` of a Standard Webhooks request: a retry of a delivery that
     succeeded, carrying the same events, is a duplicate (replay --publish keys its deliveries alike)."""
@@ -119,6 +123,14 @@ class PayloadProcessor:
         org_id = await self.services.connections.org_of(connection)
         events: list[CloudEvent] = []
         for message in forward.messages:
+            if org_id is None and header_org is None and message.organization_id is None:
+                # A connection created after the last refresh, and nothing else names the org:
+                # like an unknown org, kept for replay once the index knows the connection.
+                await self._quarantine_unknown(UNKNOWN_CONNECTION, TERAPI, integration, None, origin=origin, body=body)
+                raise UnknownOrg(
+                    "the forwarding connection is not known (yet) and the payload names no org",
+                    reason=UNKNOWN_CONNECTION,
+                )
             # The connection's org, when known, must agree with any org the payload names.
             message_org = callbacks.message_org_id(message, org_id or header_org)
             if org_id is None:
@@ -136,9 +148,15 @@ class PayloadProcessor:
         connection = await self.services.connections.resolve(org_id, integration)
         if connection is not None:
             return connection
+        await self._quarantine_unknown("unknown_org", kind, integration, org_id, origin=origin, body=body)
+        raise UnknownOrg("no terapi connection of this integration is known for the org")
+
+    async def _quarantine_unknown(
+        self, reason: str, kind: str, integration: str, org_id: str | None, *, origin: Origin | None, body: bytes
+    ) -> None:
         if origin is not None:
             await self.services.quarantine.put(
-                reason="unknown_org",
+                reason=reason,
                 kind=kind,
                 integration=integration,
                 organization_id=org_id,
@@ -146,4 +164,3 @@ class PayloadProcessor:
                 headers=origin.headers,
                 body=body,
             )
-        raise UnknownOrg("no terapi connection of this integration is known for the org")

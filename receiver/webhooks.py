@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import responses, signatures
-from receiver.errors import InvalidMessage, ReceiverError, ShuttingDown, Unauthenticated
+from receiver.errors import InvalidMessage, ReceiverError, ShuttingDown, Unauthenticated, UnknownIntegration
 from receiver.event import CloudEvent, utc_now_iso
 from receiver.ids import normalize_org_id
 from receiver.limits import (
@@ -169,6 +169,22 @@ class WebhookEndpoints:
             )
         )
 
+    async def _quarantine(
+        self, error: ReceiverError, request: Request, kind: str, integration: str, body: bytes
+    ) -> None:
+        """An authenticated payload that cannot be processed is kept with the reason (DESIGN's
+        request path): the sender gets its 4xx and will not resend it, so this is its copy.
+        Unknown orgs are quarantined where they are found (``PayloadProcessor.resolve``)."""
+        await self.services.quarantine.put(
+            reason=error.reason,
+            kind=kind,
+            integration=integration,
+            organization_id=None,
+            path=request.scope["path"],
+            headers=request.headers,
+            body=body,
+        )
+
     async def _read_body(self, request: Request) -> bytes:
         """The body (``limits.read_body``), kept on the request for its recording."""
         body = await read_body(request, self.settings.max_body_bytes, timeout_s=self.settings.request_timeout_s)
@@ -185,7 +201,11 @@ class WebhookEndpoints:
             check_content_type(request, XML_CONTENT_TYPES, what="a SOAP (text/xml) Outbound Message")
             self._authenticate_outbound(request)
             body = await self._read_body(request)
-            events = await self.processor.outbound_message(integration, body, received_at, _origin(request))
+            try:
+                events = await self.processor.outbound_message(integration, body, received_at, _origin(request))
+            except (InvalidMessage, UnknownIntegration) as error:
+                await self._quarantine(error, request, OUTBOUND, integration, body)
+                raise
             await self._deliver(events)
             return responses.soap_ack()
 
@@ -218,7 +238,11 @@ class WebhookEndpoints:
                 self._keys_for(integration, header_org, body),
                 tolerance_s=self.settings.event_timestamp_tolerance_s,
             )
-            events = await self.processor.events(integration, body, header_org, received_at, _origin(request))
+            try:
+                events = await self.processor.events(integration, body, header_org, received_at, _origin(request))
+            except (InvalidMessage, UnknownIntegration) as error:
+                await self._quarantine(error, request, EVENTS, integration, body)
+                raise
             delivery_id = webhook_delivery_id(integration, webhook_id)
             delivery = await self._deliver(events, delivery_id=delivery_id)
             return responses.accepted(delivery.accepted, delivery.duplicates)
@@ -253,7 +277,11 @@ class WebhookEndpoints:
                 raise Unauthenticated("RECEIVER_TERAPI_WEBHOOK_SECRET is not configured", reason="not_configured")
             signatures.verify_terapi_signature(request.headers, body, secret.get_secret_value())
             header_org = request.headers.get("x-salesforce-org-id")
-            events = await self.processor.terapi_forward(body, header_org, received_at, _origin(request))
+            try:
+                events = await self.processor.terapi_forward(body, header_org, received_at, _origin(request))
+            except (InvalidMessage, UnknownIntegration) as error:
+                await self._quarantine(error, request, TERAPI, "terapi", body)
+                raise
             delivery = await self._deliver(events)
             return responses.accepted(delivery.accepted, delivery.duplicates)
 

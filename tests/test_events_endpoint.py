@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from receiver.file_sink import EVENTS_FILE
+from receiver.file_sink import EVENTS_FILE, QUARANTINE_FILE
 from tests.conftest import SettingsFactory, live_receiver
 from tests.event_payloads import (
     ORG,
@@ -198,6 +198,22 @@ async def test_resent_webhook_id_is_a_duplicate(event_settings: SettingsFactory)
     assert first.json() == {"accepted": 1, "duplicates": 0}
     assert second.json() == {"accepted": 0, "duplicates": 1}
     assert len(written(settings)) == 1
+
+
+async def test_a_signed_payload_that_cannot_be_processed_is_quarantined_with_the_reason(
+    event_settings: SettingsFactory,
+) -> None:
+    """Authenticated but refused (400): the sender will not resend it, so the quarantine keeps it."""
+    settings = event_settings()
+    body = dumps({"channel": "/event/Low_Ink__e", "data": {"payload": {"Serial__c": "1"}, "event": {}}})
+    async with live_receiver(settings) as client:
+        refused = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body))
+        unsigned = await client.post(EVENTS_PATH, content=body, headers=signed_headers(body, secret=ROTATED_SECRET))
+    assert_problem(refused, 400, "missing_event_id")
+    assert_problem(unsigned, 401, "bad_signature")
+    [quarantined] = [orjson.loads(line) for line in (settings.data_dir / QUARANTINE_FILE).read_bytes().splitlines()]
+    assert quarantined["reason"] == "missing_event_id"
+    assert quarantined["kind"] == "event" and quarantined["body"] == body.decode()
 
 
 async def test_a_reused_webhook_id_with_new_events_publishes_them(event_settings: SettingsFactory) -> None:

@@ -216,6 +216,22 @@ async def test_a_bug_is_a_soap_fault_salesforce_retries_and_the_payload_is_recor
     assert "notifications" in line["body"]
 
 
+async def test_an_authenticated_message_that_cannot_be_processed_is_quarantined_redacted(
+    make_settings: SettingsFactory,
+) -> None:
+    """A Client Fault after the token check: kept in the quarantine with its reason, SessionId nil."""
+    settings = make_settings(outbound_token="om-token")
+    body = outbound_message(1, start=5).replace(b"<Id>04l1I0000000005QAA</Id>", b"<Id>not-an-id</Id>")
+    async with live_receiver(settings) as client:
+        response = await client.post(f"{OM_PATH}?token=om-token", content=body, headers=SOAP)
+        wrong_token = await client.post(f"{OM_PATH}?token=guess", content=body, headers=SOAP)
+    assert response.status_code == 400 and fault(response)[0] == "soapenv:Client"
+    assert wrong_token.status_code == 401
+    [quarantined] = [orjson.loads(line) for line in (settings.data_dir / QUARANTINE_FILE).read_bytes().splitlines()]
+    assert quarantined["reason"] == "invalid_id" and quarantined["kind"] == "outbound_message"
+    assert "not-an-id" in quarantined["body"] and SESSION_ID not in quarantined["body"]
+
+
 async def test_json_content_type_is_415(make_settings: SettingsFactory) -> None:
     """An OM posted as application/json is refused with 415 before parsing."""
     async with live_receiver(make_settings()) as client:

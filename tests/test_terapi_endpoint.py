@@ -126,3 +126,25 @@ async def test_a_flood_of_unknown_orgs_costs_terapi_one_refresh(make_settings: S
         # One listing for the whole flood; nothing new to read, so no connection reads.
         assert len([call for call in flood_calls if call[1] == "/connections"]) == 1
         assert len(flood_calls) == 1
+
+
+async def test_a_forward_of_a_connection_not_yet_indexed_is_403_and_quarantined(make_settings: SettingsFactory) -> None:
+    """No org to be had (the connection is unknown, the payload names none): kept for replay, not a 400."""
+    async with run_standin() as standin:
+        settings = terapi_settings(make_settings, standin.base_url)
+        forward = {
+            "from": "salesforce",
+            "type": "forward",
+            "connectionId": "created-a-minute-ago",
+            "providerConfigKey": "salesforce",
+            "payload": sample("platform_event_low_ink.json"),
+        }
+        body = json.dumps(forward).encode()
+        async with live_receiver(settings) as client:
+            response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body))
+    assert response.status_code == 403, response.text
+    assert response.json()["reason"] == "unknown_connection"
+    quarantined = orjson.loads((settings.data_dir / QUARANTINE_FILE).read_bytes())
+    assert quarantined["reason"] == "unknown_connection"
+    assert orjson.loads(quarantined["body"]) == forward
+    assert not (settings.data_dir / EVENTS_FILE).exists() or (settings.data_dir / EVENTS_FILE).read_bytes() == b""
