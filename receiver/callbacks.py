@@ -13,6 +13,7 @@ own errors for the same reason, which keeps the chained causes safe to log.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Annotated, Any, Final
@@ -33,6 +34,10 @@ from receiver.change_events import (
 )
 from receiver.errors import InvalidMessage
 from receiver.ids import normalize_id, normalize_org_id
+
+#: A change to every record of an object: its 3-character key prefix and ``*`` ("001*"), sent
+#: when a custom field's type conversion nulls the field everywhere (Salesforce's CDC guide).
+_RECORD_WILDCARD: Final = re.compile(r"[a-zA-Z0-9]{3}\*")
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -226,13 +231,17 @@ def _change_event_header(value: object, where: str) -> ChangeEventHeader:
         raise InvalidMessage(_describe(exc, where), reason="invalid_event") from exc
     if model.change_type != GAP_OVERFLOW and not model.record_ids:
         raise InvalidMessage(f"{where}.recordIds: at least one record id is required", reason="invalid_event")
+    wildcards = [record_id for record_id in model.record_ids if _RECORD_WILDCARD.fullmatch(record_id)]
     # dict.fromkeys: the same record listed twice is one change, so one event.
     record_ids = tuple(
         dict.fromkeys(
             normalize_id(record_id, what=f"{where}.recordIds[{index}]")
             for index, record_id in enumerate(model.record_ids)
+            if not _RECORD_WILDCARD.fullmatch(record_id)
         )
     )
+    if len(set(wildcards)) > 1:
+        raise InvalidMessage(f"{where}.recordIds: more than one wildcard", reason="invalid_id")
     changed, nulled, diff = tuple(model.changed_fields), tuple(model.nulled_fields), tuple(model.diff_fields)
     return ChangeEventHeader(
         entity_name=model.entity_name,
@@ -248,6 +257,7 @@ def _change_event_header(value: object, where: str) -> ChangeEventHeader:
         commit_user=model.commit_user,
         change_origin=model.change_origin,
         changed_fields_encoding=field_encoding(changed, nulled, diff),
+        record_wildcard=wildcards[0] if wildcards else None,
     )
 
 

@@ -64,6 +64,9 @@ class ChangeEventHeader:
     change_origin: str | None
     #: ``names`` (CometD: field names) or ``bitmap`` (Pub/Sub API: hex bitmaps of the schema).
     changed_fields_encoding: Literal["names", "bitmap"]
+    #: ``001*``: every record of the object with that key prefix (a custom field's type was
+    #: converted), instead of or besides ``record_ids``; one event without a record stands for it.
+    record_wildcard: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,7 @@ class EventMessage:
         header = self.change_event_header
         if header is None or header.change_type == GAP_OVERFLOW or not header.record_ids:
             return 1
-        return len(header.record_ids)
+        return len(header.record_ids) + (header.record_wildcard is not None)
 
 
 def to_iso_timestamp(value: object) -> str:
@@ -234,17 +237,18 @@ def _change_events(
         "commit_user": header.commit_user,
         "change_origin": header.change_origin,
         "changed_fields_encoding": header.changed_fields_encoding,
+        "record_wildcard": header.record_wildcard,
     }
     connection_dict = connection.as_dict()
     id_prefix = f"{header.transaction_key}:{header.sequence_number}"
     if header.change_type == GAP_OVERFLOW or not header.record_ids:
         targets: tuple[str | None, ...] = (None,)
     else:
-        targets = header.record_ids
+        targets = header.record_ids + ((None,) if header.record_wildcard is not None else ())
     events = []
     for record_id in targets:
-        # GAP_OVERFLOW names no records: the entity stands in for the record in the id, and the
-        # key is the channel's, as for every event without a record.
+        # GAP_OVERFLOW and a wildcard name no record: the entity stands in for the record in the
+        # id, and the key is the channel's, as for every event without a record.
         events.append(
             CloudEvent(
                 type=CHANGE_EVENT,

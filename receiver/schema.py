@@ -84,6 +84,13 @@ class ChangeEventSection(_Model):
     commit_number: int | None = Field(description="Exact integer (up to 19 digits).")
     commit_user: str | None
     change_origin: str | None
+    record_wildcard: str | None = Field(
+        pattern=r"^[a-zA-Z0-9]{3}\*$",
+        description=(
+            "An object's key prefix and '*' (001*): the change is to every record of the object (a custom "
+            "field's type was converted); the event stands for them all and has no record_id."
+        ),
+    )
 
 
 class ChangeEventData(_EventData):

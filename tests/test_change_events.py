@@ -171,6 +171,26 @@ def test_gap_overflow_becomes_one_event_for_the_entity() -> None:
     assert event.data["record_id"] is None
 
 
+def test_a_wildcard_record_id_becomes_one_event_for_every_record_of_the_object() -> None:
+    """A custom field type conversion sends recordIds ["001*"]: one event, keyed like GAP_OVERFLOW,
+    the wildcard kept (it was refused as invalid_id, a 400 for a real Salesforce payload)."""
+    [event] = events_of(dumps(cdc_payload(recordIds=["001*"], changedFields=["Rating__c"])))
+    assert (event.id, event.subject, event.key) == ("tx-1:3:Account", None, f"{ORG}:/data/AccountChangeEvent")
+    assert event.data["record_id"] is None
+    assert event.data["change_event"]["record_wildcard"] == "001*"
+    record, everyone = events_of(dumps(cdc_payload(recordIds=["001ak00000IiFInAAN", "001*"])))
+    assert (record.subject, everyone.subject) == ("001ak00000IiFInAAN", None)
+    assert record.data["change_event"]["record_wildcard"] == "001*"
+
+
+@pytest.mark.parametrize("record_ids", [["00*"], ["001**"], ["001*", "003*"]])
+def test_what_is_not_one_key_prefix_wildcard_is_refused(record_ids: list[str]) -> None:
+    """Only a 3-character key prefix and '*', once per header."""
+    with pytest.raises(InvalidMessage) as caught:
+        events_of(dumps(cdc_payload(recordIds=record_ids)))
+    assert caught.value.reason == "invalid_id"
+
+
 def test_pubsub_decoded_payload_keeps_bitmaps_and_nulls_and_converts_epoch_dates() -> None:
     """Avro-decoded payloads: bitmaps kept as sent, unchanged fields null, epoch-ms dates ISO."""
     payload = {
