@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     terapi_legacy_paths: bool = False
     terapi_refresh_interval_s: float = Field(default=300.0, gt=0)
     terapi_unknown_org_refresh_interval_s: float = Field(default=30.0, gt=0)
+    #: A connection unchanged in the list is still read again this often: a re-authorization
+    #: against another org shows in the read only.
+    terapi_reread_interval_s: float = Field(default=3600.0, gt=0)
     terapi_timeout_s: float = Field(default=10.0, gt=0)
     terapi_webhook_secret: SecretStr | None = None
 

@@ -58,6 +58,7 @@ class TerapiConnectionSource:
         self._integrations = tuple(settings.integrations)
         self._refresh_interval_s = settings.terapi_refresh_interval_s
         self._unknown_org_interval_s = settings.terapi_unknown_org_refresh_interval_s
+        self._reread_interval_s = settings.terapi_reread_interval_s
         self._entries: dict[EntryKey, Entry] = {}
         self._index: dict[EntryKey, Connection] = {}
         self._conflicts: dict[EntryKey, tuple[str, ...]] = {}
@@ -218,10 +219,18 @@ class TerapiConnectionSource:
         """
         entries: dict[EntryKey, Entry] = {}
         to_read: list[tuple[ListedConnection, Entry | None]] = []
+        # A re-authorization against another org changes no listed field terapi documents: a
+        # connection is read again once its last read is this old, whatever its fingerprint.
+        read_since = time.monotonic() - self._reread_interval_s
         for item in listed:
             key = (item.integration, item.connection_id)
             old = self._entries.get(key)
-            if old is not None and old.current and old.listed.fingerprint == item.fingerprint:
+            if (
+                old is not None
+                and old.current
+                and old.listed.fingerprint == item.fingerprint
+                and old.read_at >= read_since
+            ):
                 entries[key] = old
             else:
                 to_read.append((item, old))
@@ -274,6 +283,7 @@ class TerapiConnectionSource:
             org_id,
             skipped=NO_ORG_ID if org_id is None else None,
             credentials_withheld=details.credentials_withheld,
+            read_at=time.monotonic(),
         )
 
     def _apply(self, entries: dict[EntryKey, Entry]) -> None:

@@ -57,6 +57,8 @@ class Entry:
     #: False when the last read failed, so that the next refresh reads it again.
     current: bool = True
     credentials_withheld: bool = False
+    #: ``time.monotonic()`` of the read; past ``terapi_reread_interval_s`` it is read again.
+    read_at: float = 0.0
 
 
 def org_id_of(details: ConnectionDetails) -> str | None:

@@ -299,6 +299,24 @@ async def test_scheduled_refresh_rereads_only_new_or_changed_connections(standin
         assert sample(registry, "receiver_terapi_refreshes_total", trigger="schedule", outcome="ok") >= 2
 
 
+async def test_a_connection_reauthorized_against_another_org_moves_without_a_listed_change(
+    standin: TerapiStandin,
+) -> None:
+    """Reconnected to org 2 with no listed field changed: read again once its read is
+    terapi_reread_interval_s old, so org 2 resolves and org 1 no longer does."""
+    standin.add_connection("acme", org_id=org(1))
+    async with started_source(standin, terapi_refresh_interval_s=0.1, terapi_reread_interval_s=0.5) as (source, _):
+        assert await source.resolve(org18(1), "salesforce") == Connection("acme", "salesforce")
+        standin.connections[("salesforce", "acme")].org_id = org(2)  # updated_at untouched
+        await eventually(lambda: len(standin.read_calls()) >= 2)
+        assert await source.resolve(org18(2), "salesforce") == Connection("acme", "salesforce")
+        assert await source.resolve(org18(1), "salesforce") is None
+        lists = len(standin.list_calls())
+        reads = len(standin.read_calls())
+        await eventually(lambda: len(standin.list_calls()) >= lists + 3)
+        assert len(standin.read_calls()) <= reads + 1, "unchanged and recently read: listed, not read"
+
+
 async def test_deleted_connection_leaves_the_index(standin: TerapiStandin) -> None:
     """A connection no longer listed stops resolving after the next refresh."""
     standin.add_connection("gone", org_id=PROD_ORG)
