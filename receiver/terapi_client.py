@@ -214,7 +214,11 @@ class TerapiClient:
         for page in range(FIRST_PAGE, FIRST_PAGE + MAX_PAGES):
             params: dict[str, str | int] = {"integrationId": integration_filter, "limit": self._page_size, "page": page}
             try:
-                body = await self._get_json(self._collection, params)
+                body = (
+                    await self._first_page(params)
+                    if page == FIRST_PAGE
+                    else await self._get_json(self._collection, params)
+                )
             except TerapiError as exc:
                 if page != FIRST_PAGE or exc.status_code != 400:
                     raise
@@ -240,6 +244,22 @@ class TerapiClient:
                 return
             previous_ids = ids
         raise _bad_response(f"terapi connection list did not end within {MAX_PAGES} pages", self._collection)
+
+    async def _first_page(self, params: dict[str, str | int]) -> Any:
+        """The first page; on a 404 from ``/connections``, an older server's ``/connection``
+        (DESIGN: they serve that path, with the same bodies), kept from then on."""
+        try:
+            return await self._get_json(self._collection, params)
+        except TerapiError as exc:
+            if exc.status_code != 404 or self._collection != "/connections":
+                raise
+            try:
+                body = await self._get_json("/connection", params)
+            except TerapiError:
+                raise exc from None
+        self._collection = "/connection"
+        logger.warning("terapi has no /connections (404) but serves /connection: using the older paths")
+        return body
 
     async def _unpaged_list(self, integration_filter: str) -> list[dict[str, Any]]:
         return self._listed_entries(await self._get_json(self._collection, {"integrationId": integration_filter}))[1]

@@ -360,6 +360,21 @@ async def test_legacy_paths_setting_talks_to_older_servers() -> None:
         assert [path for _, path, _ in standin.calls] == ["/connection", "/connection/acme-prod"]
 
 
+async def test_an_older_server_is_found_without_the_setting(terapi_logs: pytest.LogCaptureFixture) -> None:
+    """A 404 from /connections, then /connection answers: the older paths are used from then on."""
+    async with run_standin(modern_paths=False) as standin:
+        standin.add_connection("acme-prod", org_id=PROD_ORG)
+        async with started_source(standin, terapi_refresh_interval_s=0.1) as (source, _):
+            assert await source.resolve(PROD_ORG_18, "salesforce") == Connection("acme-prod", "salesforce")
+            await eventually(lambda: len(standin.list_calls()) >= 3)
+        paths = [path for _, path, _ in standin.calls]  # the stand-in's router answers the 404 itself
+    assert paths[:2] == ["/connection", "/connection/acme-prod"]
+    assert set(paths[2:]) == {"/connection"}, "later refreshes go to the older path at once"
+    assert [r.getMessage() for r in terapi_logs.records].count(
+        "terapi has no /connections (404) but serves /connection: using the older paths"
+    ) == 1
+
+
 # Failures
 
 
