@@ -16,11 +16,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from receiver.replay_items import ReplayFilter, ReplayItem, SkippedItem
+from receiver.connections import ConnectionResolver
+from receiver.processing import TERAPI
+from receiver.replay_items import ReplayFilter, ReplayItem, SkippedItem, forwarding_connection
 from receiver.replay_targets import ReplayResult, ReplayTarget, Verdict
 
 logger = logging.getLogger("receiver.replay")
@@ -174,8 +176,11 @@ class Replayer:
         on_result: OnResult | None = None,
         on_skip: OnSkip | None = None,
         stop: asyncio.Event | None = None,
+        connections: ConnectionResolver | None = None,
     ) -> None:
         self.item_filter = item_filter
+        #: Names the org of a terapi forward, which its payload usually does not (``--org``).
+        self.connections = connections
         self.target = target
         self.options = options
         self.summary = summary
@@ -222,7 +227,7 @@ class Replayer:
                 self.summary.skipped[item.reason] += 1
                 if self.on_skip is not None:
                     self.on_skip(item)
-            elif not self.item_filter.matches(item):
+            elif not self.item_filter.matches(await self._with_connection_org(item)):
                 self.summary.filtered_out += 1
             elif self._checkpoint is not None and item.item_id in self._checkpoint:
                 self.summary.already_done += 1
@@ -235,6 +240,14 @@ class Replayer:
         # to hand them end markers on a full queue would hang the run for good.
         for _ in range(self.options.concurrency):
             await self._queue.put(None)
+
+    async def _with_connection_org(self, item: ReplayItem) -> ReplayItem:
+        """A terapi forward naming no org gets its connection's, when the org map or terapi knows it."""
+        if item.kind != TERAPI or item.organization_id is not None or self.connections is None:
+            return item
+        connection = forwarding_connection(item.body)
+        org_id = await self.connections.org_of(connection) if connection is not None else None
+        return item if org_id is None else replace(item, organization_id=org_id)
 
     async def _send(self, item: ReplayItem) -> ReplayResult:
         """The target's result; a target that raises (a bug, or a recording it cannot turn into

@@ -12,7 +12,8 @@ from typing import Final
 
 import click
 
-from receiver.errors import ReceiverError
+from receiver.connections import ConnectionResolver
+from receiver.errors import ConfigurationError, ReceiverError
 from receiver.ids import normalize_org_id
 from receiver.replay import Replayer, ReplayOptions, Summary
 from receiver.replay_items import KIND_CHOICES, ReplayFilter, parse_time
@@ -214,12 +215,27 @@ async def _run(
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, request_stop)
     items = items_from(sources, settings, defaults, since=item_filter.since, until=item_filter.until)
+    connections: ConnectionResolver | None = None
     try:
+        if item_filter.orgs:
+            # The org of a terapi forward is its connection's: the org map and terapi know it.
+            from receiver.app import build_connections
+            from receiver.metrics import Metrics
+
+            connections = build_connections(settings, Metrics())
+            await connections.start()
         replayer = Replayer(
-            item_filter, target, options, report.summary, on_result=report.on_result, on_skip=report.on_skip, stop=stop
+            item_filter,
+            target,
+            options,
+            report.summary,
+            on_result=report.on_result,
+            on_skip=report.on_skip,
+            stop=stop,
+            connections=connections,
         )
         await replayer.run(items)
-    except (ReplaySourceError, OSError) as error:
+    except (ReplaySourceError, ConfigurationError, OSError) as error:
         return _source_error([error])
     except ExceptionGroup as group:
         # A source that fails mid-run fails inside the task group that feeds the workers.
@@ -229,6 +245,9 @@ async def _run(
         return _source_error(list(_leaves(matched)))
     except asyncio.CancelledError:
         report.summary.interrupted = True
+    finally:
+        if connections is not None:
+            await connections.stop()
     if report.summary.interrupted or stop.is_set():
         report.summary.interrupted = True
         return EXIT_INTERRUPTED

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Final
 
+import orjson
+
 from receiver.errors import InvalidMessage
+from receiver.event import Connection
 from receiver.ids import normalize_org_id
 from receiver.processing import ENDPOINT_KINDS, OUTBOUND
 
@@ -98,6 +101,20 @@ def org_of(kind: str, body: bytes, headers: Mapping[str, str]) -> str | None:
         return normalize_org_id(candidate.decode("ascii") if isinstance(candidate, bytes) else candidate)
     except InvalidMessage:
         return None
+
+
+def forwarding_connection(body: bytes) -> Connection | None:
+    """The terapi connection a forward names (``connectionId``, ``providerConfigKey``), or None."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    connection_id, integration = document.get("connectionId"), document.get("providerConfigKey")
+    if not (isinstance(connection_id, str) and isinstance(integration, str)):
+        return None
+    return Connection(connection_id, integration)
 
 
 def parse_time(value: str) -> datetime:

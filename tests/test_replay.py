@@ -489,6 +489,47 @@ async def test_cli_exit_status_and_json_summary(make_settings: SettingsFactory, 
     assert json.loads(bad_out)["rejected"] == {"malformed_xml": 1}
 
 
+async def test_cli_org_filter_selects_terapi_forwards_by_their_connection(tmp_path: Path) -> None:
+    """A recorded terapi forward names a connection, not an org: --org finds it through the org map."""
+    from receiver.recording import Outcome, RecordedRequest, to_line
+
+    forward = orjson.dumps(
+        {
+            "from": "salesforce",
+            "type": "forward",
+            "connectionId": "example-contacts",  # 00D1I000003qqqEUAQ in the example org map
+            "providerConfigKey": "salesforce",
+            "payload": event_sample("platform_event_low_ink.json"),
+        }
+    )
+    recording = tmp_path / "2025-05-01.jsonl"
+    recording.write_bytes(
+        to_line(
+            RecordedRequest(
+                "2025-05-01T10:00:00.000Z",
+                "terapi_forward",
+                "terapi",
+                "/webhooks/terapi",
+                {"content-type": "application/json"},
+                forward,
+                "10.0.0.1",
+                Outcome(503, "publish_timeout"),
+            )
+        )
+    )
+    config = tmp_path / "replay.toml"
+    config.write_text(f'org_map_file = "{EXAMPLE_ORG_MAP}"\ndata_dir = "{tmp_path / "var"}"\n')
+    summaries = {}
+    for org in ("00D1I000003qqqE", "00D5g000004Xz1AEAS"):
+        status, out, err = await _cli(
+            str(recording), "--publish", "--dry-run", "--json", "--org", org, "--config", str(config)
+        )
+        assert status == 0, err
+        summaries[org] = json.loads(out)
+    assert (summaries["00D1I000003qqqE"]["valid"], summaries["00D1I000003qqqE"]["filtered_out"]) == (1, 0)
+    assert (summaries["00D5g000004Xz1AEAS"]["valid"], summaries["00D5g000004Xz1AEAS"]["filtered_out"]) == (0, 1)
+
+
 async def test_cli_refuses_a_missing_source_and_an_ambiguous_target(tmp_path: Path) -> None:
     """A source that does not exist, or neither --to nor --publish: exit 2 with one line on stderr."""
     missing_status, _, missing_err = await _cli(str(tmp_path / "nope.jsonl"), "--publish")
