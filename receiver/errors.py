@@ -67,6 +67,12 @@ class PayloadTooLarge(ClientError):
     reason = "payload_too_large"
 
 
+class EventTooLarge(PayloadTooLarge):
+    """One event is larger than a Kafka request may be; resending cannot help."""
+
+    reason = "event_too_large"
+
+
 class RequestTimeout(ClientError):
     """The body, or the request head, did not arrive in time: a slow client must not hold the server."""
 

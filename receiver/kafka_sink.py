@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.helpers import create_ssl_context
 
-from receiver.errors import PublishFailed, PublishTimeout
+from receiver.errors import EventTooLarge, PublishFailed, PublishTimeout
 from receiver.event import CloudEvent
 from receiver.metrics import Metrics
 from receiver.partitioner import murmur2_partitioner
@@ -119,6 +119,7 @@ class KafkaSink:
             enable_idempotence=True,
             linger_ms=self.settings.kafka_linger_ms,
             max_batch_size=256 * 1024,
+            max_request_size=self.settings.kafka_max_request_bytes,
             # Same partitions as aiokafka's default (Java's murmur2), at a third of the cost.
             partitioner=murmur2_partitioner,
             request_timeout_ms=int(self._timeout_s * 1000),
@@ -219,6 +220,13 @@ class KafkaSink:
         except TimeoutError as exc:
             self._on_fault()
             raise PublishTimeout(f"kafka did not confirm within {self._timeout_s} s") from exc
+        except MessageSizeTooLargeError as exc:
+            # Not a broker fault, and no retry makes the event smaller: the sender learns it now
+            # (the recording keeps the body, to replay once RECEIVER_KAFKA_MAX_REQUEST_BYTES and
+            # the broker's message.max.bytes allow it).
+            raise EventTooLarge(
+                f"an event is over RECEIVER_KAFKA_MAX_REQUEST_BYTES ({self.settings.kafka_max_request_bytes})"
+            ) from exc
         except KafkaError as exc:
             self._on_fault()
             raise PublishFailed(f"kafka refused the events: {type(exc).__name__}") from exc

@@ -73,6 +73,29 @@ async def test_platform_event_sample_lands_on_the_broker(kafka_settings: Setting
 
 
 @pytest.mark.kafka
+async def test_an_event_over_the_kafka_request_bound_is_413_and_the_producer_keeps_serving(
+    kafka_settings: SettingsFactory,
+) -> None:
+    """No retry makes an event smaller: 413 event_too_large at once (it was a 503 retried for a
+    day), and the next event publishes on the same producer."""
+    settings = kafka_settings(event_secrets=SECRET, kafka_max_request_bytes=4096)
+    large = sample("platform_event_low_ink.json")
+    large["data"]["payload"]["Notes__c"] = "x" * 8000
+    large_body = dumps(large)
+    small_body = dumps(platform_message(EventUuid=str(uuid.uuid4()), replayId="9"))
+    async with live_receiver(settings) as client:
+        refused = await client.post(EVENTS_PATH, content=large_body, headers=signed_headers(large_body))
+        accepted = await client.post(EVENTS_PATH, content=small_body, headers=signed_headers(small_body))
+        metrics = (await client.get("/metrics")).text
+    assert_problem(refused, 413, "event_too_large")
+    assert "RECEIVER_KAFKA_MAX_REQUEST_BYTES" in refused.json()["detail"]
+    assert accepted.json() == {"accepted": 1, "duplicates": 0}
+    [record] = await read_topic(settings.kafka_bootstrap_servers or "", settings.kafka_topic, expect=1)
+    assert record.header("ce_id") == orjson.loads(small_body)["data"]["event"]["EventUuid"]
+    assert 'reason="event_too_large",status="413"' in metrics
+
+
+@pytest.mark.kafka
 async def test_cdc_with_several_records_is_one_event_each_on_the_broker(kafka_settings: SettingsFactory) -> None:
     """A CDC event naming three records becomes three events keyed by record, exact commitNumber."""
     settings = kafka_settings(event_secrets=SECRET)
