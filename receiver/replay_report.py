@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import orjson
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from receiver.replay import Summary
@@ -37,8 +37,11 @@ class ReplayReport:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if self.stderr.isatty():
+            # The sources are streamed (a topic has no end to count to): the bar pulses while
+            # the count of items done and their verdicts grow beside it.
             self._progress = Progress(
                 SpinnerColumn(),
+                BarColumn(),
                 TextColumn("[bold]replay[/bold] {task.completed} items"),
                 TextColumn("{task.description}"),
                 TimeElapsedColumn(),
