@@ -95,7 +95,8 @@ class _Inbound(BaseModel):
 
 
 class ChangeEventHeaderModel(_Inbound):
-    entity_name: str = Field(alias="entityName", min_length=1, max_length=MAX_NAME_LENGTH)
+    #: An sObject name, as in an Outbound Message's xsi:type: it names the channel and ce_sfobject.
+    entity_name: str = Field(alias="entityName", pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=MAX_NAME_LENGTH)
     change_type: ChangeType = Field(alias="changeType")
     record_ids: FieldNames = Field(default_factory=list, alias="recordIds")
     changed_fields: FieldNames = Field(default_factory=list, alias="changedFields")

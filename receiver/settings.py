@@ -160,6 +160,15 @@ class Settings(BaseSettings):
             raise ValueError("must name at least one integration, e.g. salesforce,salesforce-sandbox")
         return value
 
+    @field_validator("outbound_token", "terapi_webhook_secret", "terapi_secret_key", "kafka_sasl_password")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # From the TOML file (an empty variable is already unset): "" would let anyone in, or
+        # fail every request at the first use instead of at start-up.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: remove it, or set a value")
+        return value
+
     @field_validator("event_secrets")
     @classmethod
     def _webhook_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:

@@ -216,8 +216,19 @@ def test_commit_number_as_a_string_of_digits_is_an_exact_int() -> None:
         {"recordIds": []},
         {"transactionKey": ""},
         {"commitTimestamp": "yesterday"},
+        {"entityName": "Account Contact"},
+        {"entityName": "../Account"},
     ],
-    ids=["float-commit-number", "commit-number-overflow", "unknown-change-type", "no-records", "no-tx", "bad-time"],
+    ids=[
+        "float-commit-number",
+        "commit-number-overflow",
+        "unknown-change-type",
+        "no-records",
+        "no-tx",
+        "bad-time",
+        "entity-with-space",
+        "entity-path",
+    ],
 )
 def test_change_event_header_violations_are_invalid(header: dict[str, Any]) -> None:
     """The header fields that ids, keys and times depend on are checked strictly."""

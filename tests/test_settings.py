@@ -175,3 +175,11 @@ def test_secrets_by_integration_name_a_served_integration(tmp_path: Path) -> Non
     config.write_text(f'[event_secrets_by_integration]\n"salesforce-sanbox" = ["{SECRET}"]\n')
     with pytest.raises(ConfigurationError, match="not in RECEIVER_INTEGRATIONS"):
         load_settings(config)
+
+
+def test_an_empty_secret_in_the_file_is_refused(tmp_path: Path) -> None:
+    """terapi_webhook_secret = "" would fail every terapi request at first use: refused at start-up."""
+    config = tmp_path / "receiver.toml"
+    config.write_text('terapi_webhook_secret = ""\n')
+    with pytest.raises(ConfigurationError, match=r"RECEIVER_TERAPI_WEBHOOK_SECRET .*is empty"):
+        load_settings(config)
