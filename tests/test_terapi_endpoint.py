@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import orjson
 
 from receiver.file_sink import EVENTS_FILE, QUARANTINE_FILE
@@ -27,6 +28,23 @@ def terapi_settings(make_settings: SettingsFactory, base_url: str) -> Settings:
         terapi_unknown_org_refresh_interval_s=0.2,
         terapi_webhook_secret=TERAPI_SECRET,
     )
+
+
+def forward_of(connection_id: str) -> dict[str, object]:
+    """A terapi forward of the platform-event sample, from a connection of integration salesforce."""
+    return {
+        "from": "salesforce",
+        "type": "forward",
+        "connectionId": connection_id,
+        "providerConfigKey": "salesforce",
+        "payload": sample("platform_event_low_ink.json"),
+    }
+
+
+async def post_forward(settings: Settings, forward: dict[str, object]) -> httpx.Response:
+    body = json.dumps(forward).encode()
+    async with live_receiver(settings) as client:
+        return await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body))
 
 
 async def test_om_of_a_terapi_org_names_its_connection(make_settings: SettingsFactory) -> None:
@@ -76,17 +94,8 @@ async def test_terapi_forward_takes_the_org_from_the_connection(make_settings: S
     async with run_standin() as standin:
         standin.add_connection("acme-prod", "salesforce", org_id=ORG15)
         settings = terapi_settings(make_settings, standin.base_url)
-        forward = {
-            "from": "salesforce",
-            "type": "forward",
-            "connectionId": "acme-prod",
-            "providerConfigKey": "salesforce",
-            "payload": sample("platform_event_low_ink.json"),
-        }
-        body = json.dumps(forward).encode()
-        async with live_receiver(settings) as client:
-            response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body))
-            assert response.status_code == 200, response.text
+        response = await post_forward(settings, forward_of("acme-prod"))
+    assert response.status_code == 200, response.text
     event = orjson.loads((settings.data_dir / EVENTS_FILE).read_bytes())
     assert event["sforgid"] == ORG and event["terapiconnectionid"] == "acme-prod"
 
@@ -132,16 +141,8 @@ async def test_a_forward_of_a_connection_not_yet_indexed_is_403_and_quarantined(
     """No org to be had (the connection is unknown, the payload names none): kept for replay, not a 400."""
     async with run_standin() as standin:
         settings = terapi_settings(make_settings, standin.base_url)
-        forward = {
-            "from": "salesforce",
-            "type": "forward",
-            "connectionId": "created-a-minute-ago",
-            "providerConfigKey": "salesforce",
-            "payload": sample("platform_event_low_ink.json"),
-        }
-        body = json.dumps(forward).encode()
-        async with live_receiver(settings) as client:
-            response = await client.post("/webhooks/terapi", content=body, headers=terapi_headers(body))
+        forward = forward_of("created-a-minute-ago")
+        response = await post_forward(settings, forward)
     assert response.status_code == 403, response.text
     assert response.json()["reason"] == "unknown_connection"
     quarantined = orjson.loads((settings.data_dir / QUARANTINE_FILE).read_bytes())
