@@ -20,8 +20,9 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from receiver.errors import EventTooLarge, PublishFailed, PublishTimeout
 from receiver.event import CloudEvent
@@ -106,6 +107,9 @@ class KafkaSink:
             timeout_s=settings.publish_timeout_s,
         )
         self._timeout_s = settings.publish_timeout_s
+        #: Values past this are measured as aiokafka does; far below it, key, headers and
+        #: the batch overhead (a few KiB at most) cannot take a record over the bound.
+        self._large_value_bytes = settings.kafka_max_request_bytes - 16 * 1024
         self._producer: AIOKafkaProducer | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._last_fault = 0.0
@@ -204,14 +208,21 @@ class KafkaSink:
         if producer is None:
             self._reconnect_later()
             raise PublishFailed("kafka is not connected")
+        # Every record is built and measured before the first is sent: a record too large for
+        # a request fails the message before any of its events reaches Kafka, so that the
+        # sender's resends do not publish its other events again each time.
+        records = []
+        for event in events:
+            value = orjson.dumps(event.data)
+            key = event.key.encode()
+            headers = event.kafka_headers()
+            if len(value) > self._large_value_bytes:
+                self._check_size(key, value, headers)
+            records.append((self.router(event), value, key, headers))
         try:
             async with asyncio.timeout(self._timeout_s):
                 futures = []
-                for event in events:
-                    value = orjson.dumps(event.data)
-                    key = event.key.encode()
-                    headers = event.kafka_headers()
-                    topics = self.router(event)
+                for topics, value, key, headers in records:
                     if self.topics.creates:
                         await self.topics.ensure(topics)
                     for topic in topics:
@@ -220,16 +231,20 @@ class KafkaSink:
         except TimeoutError as exc:
             self._on_fault()
             raise PublishTimeout(f"kafka did not confirm within {self._timeout_s} s") from exc
-        except MessageSizeTooLargeError as exc:
-            # Not a broker fault, and no retry makes the event smaller: the sender learns it now
-            # (the recording keeps the body, to replay once RECEIVER_KAFKA_MAX_REQUEST_BYTES and
-            # the broker's message.max.bytes allow it).
-            raise EventTooLarge(
-                f"an event is over RECEIVER_KAFKA_MAX_REQUEST_BYTES ({self.settings.kafka_max_request_bytes})"
-            ) from exc
         except KafkaError as exc:
             self._on_fault()
             raise PublishFailed(f"kafka refused the events: {type(exc).__name__}") from exc
+
+    def _check_size(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """Raises ``EventTooLarge`` for a record over the producer's bound, as aiokafka measures it.
+
+        Not a broker fault, and no retry makes the event smaller: the sender learns it at once
+        (the recording keeps the body, to replay once RECEIVER_KAFKA_MAX_REQUEST_BYTES and the
+        broker's message.max.bytes allow it).
+        """
+        limit = self.settings.kafka_max_request_bytes
+        if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) > limit:
+            raise EventTooLarge(f"an event is over RECEIVER_KAFKA_MAX_REQUEST_BYTES ({limit})")
 
     async def _send_one(self, topic: str, value: bytes, key: bytes | None) -> None:
         producer = self._producer

@@ -77,14 +77,16 @@ async def test_an_event_over_the_kafka_request_bound_is_413_and_the_producer_kee
     kafka_settings: SettingsFactory,
 ) -> None:
     """No retry makes an event smaller: 413 event_too_large at once (it was a 503 retried for a
-    day), and the next event publishes on the same producer."""
+    day), before any event of the message is sent (resends would publish the others again),
+    and the next event publishes on the same producer."""
     settings = kafka_settings(event_secrets=SECRET, kafka_max_request_bytes=4096)
     large = sample("platform_event_low_ink.json")
     large["data"]["payload"]["Notes__c"] = "x" * 8000
-    large_body = dumps(large)
+    large_body = dumps([platform_message(EventUuid=str(uuid.uuid4()), replayId="8"), large])
     small_body = dumps(platform_message(EventUuid=str(uuid.uuid4()), replayId="9"))
     async with live_receiver(settings) as client:
-        refused = await client.post(EVENTS_PATH, content=large_body, headers=signed_headers(large_body))
+        for _ in range(2):  # the sender's resend
+            refused = await client.post(EVENTS_PATH, content=large_body, headers=signed_headers(large_body))
         accepted = await client.post(EVENTS_PATH, content=small_body, headers=signed_headers(small_body))
         metrics = (await client.get("/metrics")).text
     assert_problem(refused, 413, "event_too_large")
