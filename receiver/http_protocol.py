@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from receiver.errors import ClientError, HeadersTooLarge, RequestTimeout
@@ -101,10 +101,11 @@ class OneWriteTransport:
     Not used for HEAD requests, whose response has no body write to carry the head.
     """
 
-    __slots__ = ("_head", "_head_written", "_transport")
+    __slots__ = ("_cycle", "_head", "_head_written", "_transport")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
         self._transport = transport
+        self._cycle = cycle
         self._head: bytes | None = None
         self._head_written = False
 
@@ -115,6 +116,13 @@ class OneWriteTransport:
                 return
             self._head_written = True
             self._head = bytes(data)
+            cycle = self._cycle
+            if cycle.more_body and cycle.keep_alive:
+                # Answered before its body arrived (an early 413, 401, 408): the rest of that
+                # body would be read as the next request, so the connection ends with this
+                # answer, and says so (RFC 9110 10.1.1).
+                cycle.keep_alive = False
+                self._head = self._head[:-2] + b"connection: close\r\n\r\n"
             return
         head = self._head
         if head is not None:
@@ -153,6 +161,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes_parsed = 0
         self._header_count = 0
         self._refused = False
+        self._began_in_read = False
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -175,6 +184,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unset_keepalive_if_required()
+        self._began_in_read = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -194,9 +204,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self._reading_head:
+        if self._reading_head and not self._began_in_read:
             # The head is still incomplete, so all of this is head: httptools holds partial
-            # header lines in its own buffer, which only this count sees grow.
+            # header lines in its own buffer, which only this count sees grow. (A read in which
+            # the head began may hold the end of the previous body: its complete header lines
+            # are counted as parsed, its tail with the next read.)
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(self._head_too_large())
@@ -206,6 +218,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
+        self._began_in_read = True
         self._head_bytes = 0
         self._head_bytes_parsed = 0
         self._header_count = 0
@@ -231,7 +244,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         # A new cycle (not an upgrade), whose task has not run yet: it writes through the wrapper.
         if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
-            cycle.transport = OneWriteTransport(self.transport)  # type: ignore[assignment]
+            cycle.transport = OneWriteTransport(self.transport, cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -281,12 +294,35 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # Nothing started: an answer could be read as the answer to a request sent meanwhile.
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        if self._answer_later():
+            self._refused = True
+            self._count_refusal("invalid_request")
+            return
+        super().send_400_response(msg)
+
+    def _answer_later(self) -> bool:
+        """True when an earlier request on this connection is still to be answered.
+
+        Its answer must come first (RFC 9112 9.3.2), and the refusal written now would be
+        read as that answer: the connection reads nothing more and closes after the answers
+        it owes, the refused request getting none (its sender sees the connection close).
+        """
+        owed = self.pipeline[0][0] if self.pipeline else self.cycle
+        if owed is None or owed.response_complete:
+            return False
+        owed.keep_alive = False
+        self.flow.pause_reading()
+        return True
+
     def _refuse(self, error: ClientError) -> None:
         """Answer ``error`` as problem+json and close: the rest of the connection is not read."""
         self._refused = True
         self._disarm()
         logger.info("connection refused", extra={"reason": error.reason, "client": self.client})
         self._count_refusal(error.reason)
+        if self._answer_later():
+            return
         response = problem(error)
         head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n".encode()]
         head.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers if name != b"connection")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,6 +168,54 @@ async def _cut_off(reader: asyncio.StreamReader) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def om_request(body: bytes, *headers: str) -> bytes:
+    lines = "".join(f"{h}\r\n" for h in headers)
+    return (
+        f"POST {OM_PATH} HTTP/1.1\r\nHost: test\r\nContent-Type: text/xml\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_a_refused_pipelined_request_does_not_take_the_earlier_ones_answer(
+    make_settings: SettingsFactory,
+) -> None:
+    """An OM and, behind it, a head over the bound: the OM gets its Ack, then the connection
+    closes (RFC 9112 9.3.2); the 431 written at once was read as the OM's answer."""
+    settings = make_settings(max_header_bytes=4096)
+    async with served(settings) as address, connection(address) as (reader, writer):
+        writer.write(om_request(outbound_message(1, start=31)) + head(f"X-Padding: {'a' * 5000}"))
+        raw = await answer(reader)
+        assert await refused(address, "headers_too_large") == 1
+    assert raw.startswith(b"HTTP/1.1 200 ") and b"<Ack>true</Ack>" in raw
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert b"connection: close" in raw.lower()
+
+
+async def test_the_end_of_a_body_and_the_next_head_in_one_read_are_not_counted_as_head(
+    make_settings: SettingsFactory,
+) -> None:
+    """A body longer than max_header_bytes, and the start of the next request in the same read:
+    both requests are served (the whole read was counted as head, a 431)."""
+    settings = make_settings(max_header_bytes=4096)
+    following = head()
+    async with served(settings) as address, connection(address) as (reader, writer):
+        writer.write(om_request(outbound_message(20, start=40)) + following[:20])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(following[20:-2] + b"Connection: close\r\n\r\n")
+        raw = await answer(reader)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", raw) == [b"200", b"200"]
+
+
+async def test_an_answer_before_the_body_arrived_closes_the_connection(make_settings: SettingsFactory) -> None:
+    """413 for a declared length with Expect: 100-continue, the body never sent: 'connection:
+    close', and closed; kept open, the next request was read as that body and never answered."""
+    async with served(make_settings()) as address, connection(address) as (reader, writer):
+        writer.write(om_request(b"", "Expect: 100-continue").replace(b"Content-Length: 0", b"Content-Length: 6000000"))
+        raw = await answer(reader)
+    assert raw.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in raw.lower()
 
 
 async def test_a_body_slower_than_the_request_timeout_is_408(make_settings: SettingsFactory) -> None:
