@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# Two stages: wheels are built with the compilers of the full image, the runtime image only
-# installs them, so it carries no build tools.
+# Two stages: the build stage makes the project's wheel (every dependency ships wheels, so
+# no compiler is needed), the runtime image only installs wheels and carries no build files.
 FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -21,7 +21,9 @@ RUN pip install /wheels/*.whl && rm -rf /wheels \
 COPY schemas/outbound /etc/sf-receiver/wsdl
 USER receiver
 EXPOSE 8080
+# The port the receiver listens on (RECEIVER_PORT, which `docker run -e` may change).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-c", "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RECEIVER_PORT', '8080'), timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["sf-receiver"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
+# Host and port come from the ENV above: flags would win over `docker run -e RECEIVER_PORT=...`.
+CMD ["serve"]

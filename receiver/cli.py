@@ -50,10 +50,13 @@ def app_from_environment() -> Any:
     """Uvicorn factory for worker processes: each rebuilds the settings from the same sources."""
     from receiver.app import create_app
     from receiver.heap import settle_heap
+    from receiver.logs import configure_logging
     from receiver.metrics import SHARED_BY_WORKERS_ENV, write_behind
 
     config = os.environ.get(CONFIG_ENV)
     settings = settings_or_exit(Path(config) if config else None)
+    # A worker is a process of its own: without this it would log nothing of its requests.
+    configure_logging(settings.log_level, settings.log_format)
     if os.environ.get(SHARED_BY_WORKERS_ENV):
         write_behind()  # before create_app makes the metrics
     app = create_app(settings)

@@ -68,7 +68,10 @@ class TextFormatter(logging.Formatter):
         )
         request_id = request_id_var.get()
         prefix = f"[{request_id}] " if request_id else ""
-        return f"{record.levelname.lower():7} {record.name}: {prefix}{record.getMessage()} {extras}".rstrip()
+        line = f"{record.levelname.lower():7} {record.name}: {prefix}{record.getMessage()} {extras}".rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def configure_logging(level: str, log_format: str) -> None:

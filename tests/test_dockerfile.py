@@ -40,13 +40,17 @@ def test_runs_as_a_non_root_user() -> None:
 
 
 def test_serves_on_all_interfaces_port_8080_with_a_healthcheck() -> None:
-    """sf-receiver serve on 0.0.0.0:8080, port exposed, HEALTHCHECK probing /healthz."""
+    """sf-receiver serve on 0.0.0.0:8080 by ENV (so `docker run -e RECEIVER_PORT` still works:
+    flags would win over it), port exposed, HEALTHCHECK probing /healthz on RECEIVER_PORT."""
     steps = instructions()
     assert ("EXPOSE", "8080") in steps
+    environment = " ".join(rest for keyword, rest in steps if keyword == "ENV")
+    assert "RECEIVER_HOST=0.0.0.0" in environment and "RECEIVER_PORT=8080" in environment
     entry = " ".join(rest for keyword, rest in steps if keyword in ("ENTRYPOINT", "CMD"))
-    assert "sf-receiver" in entry and "serve" in entry and "0.0.0.0" in entry and "8080" in entry
+    assert "sf-receiver" in entry and "serve" in entry
+    assert "--port" not in entry and "--host" not in entry
     healthchecks = [rest for keyword, rest in steps if keyword == "HEALTHCHECK"]
-    assert healthchecks and "/healthz" in healthchecks[0]
+    assert healthchecks and "/healthz" in healthchecks[0] and "RECEIVER_PORT" in healthchecks[0]
 
 
 def build_stage_copies() -> list[str]:

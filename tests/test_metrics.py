@@ -261,3 +261,16 @@ def test_workers_without_a_writable_temporary_directory_fail_clearly(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     with pytest.raises(ConfigurationError, match="TMPDIR"):
         new_worker_metrics_directory()
+
+
+async def test_workers_log_what_they_refuse(tmp_path: Path) -> None:
+    """Each worker configures logging as serve does: a refusal shows in the log (it showed nothing)."""
+    async with running_receiver(two_workers(tmp_path, outbound_token="om-token"), tmp_path / "logs") as receiver:
+        async with httpx.AsyncClient(base_url=receiver.base_url, timeout=10) as client:
+            answer = await client.post(OM_PATH, content=outbound_message(1, start=41_000), headers=SOAP)
+        assert answer.status_code == 401
+        receiver.terminate()
+        assert await receiver.wait(timeout_s=30) == 0
+        log = receiver.log()
+    assert "request refused" in log and "reason=missing_token" in log
+    assert "om-token" not in log
