@@ -38,7 +38,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from receiver.errors import ClientError, HeadersTooLarge, RequestTimeout
+from receiver.errors import ClientError, HeadersTooLarge, InvalidMessage, RequestTimeout
 from receiver.limits import BODY_COMPLETE
 from receiver.metrics import METRICS_STATE_KEY, Metrics
 from receiver.responses import problem
@@ -239,6 +239,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._disarm()
+        if self.parser.should_upgrade() and not self._should_upgrade() and self._declares_body():
+            # httptools takes what follows the head as the new protocol's bytes, so the request
+            # would reach the app without its body (a 400 for an empty body, quarantined empty).
+            raise _HeadRefused(
+                InvalidMessage("an Upgrade this server does not speak, with a body", reason="unsupported_upgrade")
+            )
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -263,6 +269,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(self.limits.keep_alive_timeout_s + self.limits.head_timeout_s)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _declares_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+                return True
+        return False
 
     def _count_head_bytes(self, size: int) -> None:
         # A head that arrives in one read is parsed whole before ``data_received`` can count it.

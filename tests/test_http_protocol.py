@@ -218,6 +218,26 @@ async def test_an_answer_before_the_body_arrived_closes_the_connection(make_sett
     assert b"connection: close" in raw.lower()
 
 
+async def test_an_unsupported_upgrade_with_a_body_is_refused_not_served_without_it(
+    make_settings: SettingsFactory,
+) -> None:
+    """Upgrade: h2c on a POST: httptools hands the body to the 'new protocol', so the app saw an
+    empty body (400 malformed_xml, quarantined empty). It is a 400 unsupported_upgrade now, and
+    the same header on a GET without a body is still served."""
+    upgrade = ("Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA")
+    settings = make_settings()
+    async with served(settings) as address:
+        async with connection(address) as (reader, writer):
+            writer.write(om_request(outbound_message(1, start=51), *upgrade))
+            raw = await answer(reader)
+        async with connection(address) as (reader, writer):
+            writer.write(head(*upgrade, "Connection: close").replace(b"Connection: Upgrade, HTTP2-Settings\r\n", b""))
+            served_get = await answer(reader)
+    assert raw.startswith(b"HTTP/1.1 400 ") and problem_of(raw)["reason"] == "unsupported_upgrade"
+    assert served_get.startswith(b"HTTP/1.1 200 ")
+    assert (settings.data_dir / "quarantine.jsonl").read_bytes() == b""
+
+
 async def test_a_body_slower_than_the_request_timeout_is_408(make_settings: SettingsFactory) -> None:
     """A body trickled past request_timeout_s is answered 408 without waiting for its end."""
     async with served(make_settings(**QUICK)) as address, connection(address) as (reader, writer):
