@@ -83,6 +83,8 @@ class CoalescedCalls(Generic[Answer]):
         try:
             while self._waiting:
                 batch = self._next_batch()
+                if not batch:
+                    continue
                 keys = [key for waiting in batch for key in waiting.keys]
                 self.round_trips += 1
                 try:
@@ -116,10 +118,15 @@ class CoalescedCalls(Generic[Answer]):
             self._waiting.clear()
 
     def _next_batch(self) -> list[_Waiting[Answer]]:
-        batch = [self._waiting.popleft()]
-        size = len(batch[0].keys)
-        while self._waiting and size + len(self._waiting[0].keys) <= self._max_keys:
+        """The calls of the next round trip, leaving out those whose caller gave up while they
+        queued (past its deadline, or cancelled): sent anyway, a claim would be taken in Redis
+        for nobody, and the event's resends refused as in flight until it expired."""
+        batch: list[_Waiting[Answer]] = []
+        size = 0
+        while self._waiting and (not batch or size + len(self._waiting[0].keys) <= self._max_keys):
             waiting = self._waiting.popleft()
+            if waiting.answer.done():
+                continue
             batch.append(waiting)
             size += len(waiting.keys)
         return batch

@@ -169,6 +169,26 @@ async def test_a_call_behind_a_slow_round_trip_gives_up_at_its_own_deadline() ->
     assert await calls.call(["after"]) == ["answer after"]
 
 
+async def test_a_call_given_up_while_queued_is_never_sent() -> None:
+    """Past its deadline behind a slow round trip, a call leaves the queue: sent later, a dedupe
+    claim would be taken in Redis for nobody (and the event's resends refused until it expired)."""
+    operation = Recorded()
+    calls = CoalescedCalls(operation, max_keys=100, deadline_s=0.2)
+    operation.gate.clear()
+    first = asyncio.create_task(calls.call(["first"]))
+    await asyncio.sleep(0.05)  # its round trip is out, and held
+    with pytest.raises(TimeoutError):
+        await calls.call(["given up"])
+    later = asyncio.create_task(calls.call(["later"]))
+    await asyncio.sleep(0)
+    operation.gate.set()
+    with pytest.raises(TimeoutError):
+        await first
+    assert await later == ["answer later"]
+    await calls.wait_idle()
+    assert operation.round_trips == [["first"], ["later"]]
+
+
 async def test_a_sender_cancelled_mid_trip_interrupts_its_calls_without_cancelling_them() -> None:
     """Callers of a cancelled round trip get CoalescedCallInterrupted (their own tasks were not
     cancelled), the calls queued behind it too, and the next call is sent afresh."""
