@@ -34,6 +34,8 @@ Answer = TypeVar("Answer")
 
 #: Runs the operation once for all the keys given; returns one answer per key, in their order.
 BatchOperation = Callable[[list[str]], Awaitable[Sequence[Answer]]]
+#: Told the keys and answers of a call whose caller gave up while its round trip was out.
+Unheard = Callable[[Sequence[str], Sequence[Answer]], None]
 
 
 class CoalescedCallInterrupted(Exception):
@@ -49,10 +51,19 @@ class _Waiting(Generic[Answer]):
 class CoalescedCalls(Generic[Answer]):
     """Joins the concurrent ``call``s of one operation; see the module docstring."""
 
-    def __init__(self, operation: BatchOperation[Answer], *, max_keys: int, deadline_s: float | None = None) -> None:
+    def __init__(
+        self,
+        operation: BatchOperation[Answer],
+        *,
+        max_keys: int,
+        deadline_s: float | None = None,
+        unheard: Unheard[Answer] | None = None,
+    ) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
         self._operation = operation
+        #: What to do with answers nobody waits for any more (a claim to give back).
+        self._unheard = unheard
         self._max_keys = max_keys
         self._deadline_s = deadline_s
         self._waiting: deque[_Waiting[Answer]] = deque()
@@ -131,14 +142,15 @@ class CoalescedCalls(Generic[Answer]):
             size += len(waiting.keys)
         return batch
 
-    @staticmethod
-    def _answer(batch: list[_Waiting[Answer]], answers: Sequence[Answer]) -> None:
+    def _answer(self, batch: list[_Waiting[Answer]], answers: Sequence[Answer]) -> None:
         start = 0
         for waiting in batch:
             end = start + len(waiting.keys)
-            # A caller cancelled meanwhile (its request was cut off) has nobody to tell.
             if not waiting.answer.done():
                 waiting.answer.set_result(list(answers[start:end]))
+            elif self._unheard is not None:
+                # Its caller gave up (past its deadline, or cut off) while the round trip was out.
+                self._unheard(waiting.keys, answers[start:end])
             start = end
 
     @staticmethod

@@ -27,6 +27,7 @@ first attempt did reach Redis would find its own claim and answer IN_FLIGHT unti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
-from receiver.coalescing import BatchOperation, CoalescedCallInterrupted, CoalescedCalls
+from receiver.coalescing import BatchOperation, CoalescedCallInterrupted, CoalescedCalls, Unheard
 from receiver.dedupe import Claim, DedupeUnavailable
 from receiver.errors import ConfigurationError
 
@@ -167,6 +168,7 @@ class RedisDedupeStore:
         self.cluster = cluster
         self.operation_timeout_s = operation_timeout_s
         self._connection: _Connection | None = None
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"RedisDedupeStore(url={self.redacted_url!r}, key_prefix={self.key_prefix!r})"
@@ -216,8 +218,22 @@ class RedisDedupeStore:
             await self._evaluate("release", release_script, keys, [])
             return [None] * len(keys)
 
+        releases = self._joining(release)
+
+        def give_back(keys: Sequence[str], answers: Sequence[Claim]) -> None:
+            # Claims taken for a request that gave up on them (and published without dedupe):
+            # kept, they would make the event's resends 503 until they expired.
+            taken = [key for key, answer in zip(keys, answers, strict=True) if answer is Claim.NEW]
+            if taken:
+                task = asyncio.create_task(self._give_back(releases, taken), name="dedupe-give-back")
+                self._giving_back.add(task)
+                task.add_done_callback(self._giving_back.discard)
+
         self._connection = _Connection(
-            client, claims=self._joining(claim), commits=self._joining(commit), releases=self._joining(release)
+            client,
+            claims=self._joining(claim, unheard=give_back),
+            commits=self._joining(commit),
+            releases=releases,
         )
         try:
             # Loading now saves the first request the NOSCRIPT round trips; the scripts reload
@@ -238,6 +254,8 @@ class RedisDedupeStore:
             # Calls still out end within the deadline, answered or failed, before the client goes.
             for calls in (connection.claims, connection.commits, connection.releases):
                 await calls.wait_idle()
+            if self._giving_back:
+                await asyncio.wait(self._giving_back)
             await connection.client.aclose()
 
     async def claim(self, keys: Sequence[str]) -> list[Claim]:
@@ -256,10 +274,17 @@ class RedisDedupeStore:
         if keys:
             await self._joined("release", self._connected().releases, keys)
 
-    def _joining(self, operation: BatchOperation[_Answer]) -> CoalescedCalls[_Answer]:
+    def _joining(
+        self, operation: BatchOperation[_Answer], *, unheard: Unheard[_Answer] | None = None
+    ) -> CoalescedCalls[_Answer]:
         # Each caller's wait is bounded too: behind a slow round trip it would otherwise wait
         # for that one and then its own.
-        return CoalescedCalls(operation, max_keys=MAX_KEYS_PER_ROUND_TRIP, deadline_s=self._deadline_s)
+        return CoalescedCalls(operation, max_keys=MAX_KEYS_PER_ROUND_TRIP, deadline_s=self._deadline_s, unheard=unheard)
+
+    async def _give_back(self, releases: CoalescedCalls[None], keys: list[str]) -> None:
+        # Redis failing: the claims expire with their TTL, as the README says.
+        with contextlib.suppress(TimeoutError, CoalescedCallInterrupted, DedupeUnavailable):
+            await releases.call(keys)
 
     async def _joined(self, operation: str, calls: CoalescedCalls[_Answer], keys: Sequence[str]) -> list[_Answer]:
         try:

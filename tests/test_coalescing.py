@@ -189,6 +189,24 @@ async def test_a_call_given_up_while_queued_is_never_sent() -> None:
     assert operation.round_trips == [["first"], ["later"]]
 
 
+async def test_answers_nobody_waits_for_are_handed_to_unheard() -> None:
+    """A caller cancelled while its round trip was out: its keys and answers go to ``unheard``
+    (the dedupe store gives such claims back), the other callers get theirs as usual."""
+    operation = Recorded()
+    unheard: list[tuple[list[str], list[str]]] = []
+    calls = CoalescedCalls(
+        operation, max_keys=100, unheard=lambda keys, answers: unheard.append((list(keys), list(answers)))
+    )
+    operation.gate.clear()
+    gone = asyncio.create_task(calls.call(["gone"]))
+    kept = asyncio.create_task(calls.call(["kept"]))
+    await asyncio.sleep(0.05)
+    gone.cancel()
+    operation.gate.set()
+    assert await kept == ["answer kept"]
+    assert unheard == [(["gone"], ["answer gone"])]
+
+
 async def test_a_sender_cancelled_mid_trip_interrupts_its_calls_without_cancelling_them() -> None:
     """Callers of a cancelled round trip get CoalescedCallInterrupted (their own tasks were not
     cancelled), the calls queued behind it too, and the next call is sent afresh."""

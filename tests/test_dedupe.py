@@ -468,6 +468,25 @@ async def test_paused_redis_fails_every_waiting_call_within_the_deadline(private
         assert await store.claim(unique_keys(1)) == [Claim.NEW]
 
 
+async def test_a_claim_its_request_gave_up_on_is_given_back(private_redis: PrivateRedis) -> None:
+    """A request cut off (shutdown, a hang-up) while its claim's round trip is out publishes
+    nothing; the claim Redis then takes is released, so the resend is NEW at once (it was
+    IN_FLIGHT until the claim TTL)."""
+    async with RedisDedupeStore(
+        private_redis.url, claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S, operation_timeout_s=1.0
+    ) as store:
+        keys = unique_keys(1)
+        with private_redis.paused():
+            request = asyncio.create_task(store.claim(keys))
+            await asyncio.sleep(0.1)  # the round trip is out, Redis holds it
+            request.cancel()
+            await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.3)  # Redis answers NEW to nobody; the claim goes back
+        assert await store.claim(keys) == [Claim.NEW]
+
+
 async def test_redis_down_start_succeeds_and_calls_fail_fast() -> None:
     """With Redis down, start() does not raise and every call raises DedupeUnavailable in < 2 s."""
     store = RedisDedupeStore(f"redis://127.0.0.1:{free_port()}/0", claim_ttl_s=CLAIM_TTL_S, commit_ttl_s=COMMIT_TTL_S)
