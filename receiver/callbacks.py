@@ -89,6 +89,11 @@ FieldNames = Annotated[list[str], BeforeValidator(_field_names)]
 MAX_NAME_LENGTH: Final = 255
 
 
+#: The longest EventUuid or transactionKey taken (Salesforce sends 36-character UUIDs): they
+#: become ce_id, a Kafka header, and headers are not measured against the request bound.
+MAX_ID_LENGTH: Final = 255
+
+
 class _Inbound(BaseModel):
     # Salesforce adds fields to its envelopes over API versions: keep them, never reject.
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -102,7 +107,8 @@ class ChangeEventHeaderModel(_Inbound):
     changed_fields: FieldNames = Field(default_factory=list, alias="changedFields")
     nulled_fields: FieldNames = Field(default_factory=list, alias="nulledFields")
     diff_fields: FieldNames = Field(default_factory=list, alias="diffFields")
-    transaction_key: str = Field(alias="transactionKey", min_length=1)
+    #: It names the event (ce_id, a Kafka header): Salesforce's are UUIDs.
+    transaction_key: str = Field(alias="transactionKey", min_length=1, max_length=MAX_ID_LENGTH)
     sequence_number: JavaLong = Field(alias="sequenceNumber")
     commit_timestamp: IsoTimestamp = Field(alias="commitTimestamp")
     commit_number: JavaLong | None = Field(default=None, alias="commitNumber")
@@ -112,7 +118,8 @@ class ChangeEventHeaderModel(_Inbound):
 
 class EventInfoModel(_Inbound):
     replay_id: JavaLong | None = Field(default=None, alias="replayId")
-    event_uuid: str | None = Field(default=None, alias="EventUuid")
+    #: It is the event's ce_id (a Kafka header): Salesforce's are UUIDs.
+    event_uuid: str | None = Field(default=None, alias="EventUuid", max_length=MAX_ID_LENGTH)
 
 
 class EventDataModel(_Inbound):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
@@ -101,11 +102,17 @@ class OneWriteTransport:
     Not used for HEAD requests, whose response has no body write to carry the head.
     """
 
-    __slots__ = ("_cycle", "_head", "_head_written", "_transport")
+    __slots__ = ("_close_early", "_closes_early", "_cycle", "_head", "_head_written", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, cycle: RequestResponseCycle, close_early: Callable[[], None]
+    ) -> None:
         self._transport = transport
         self._cycle = cycle
+        #: How to close after an answer given before the body arrived: the peer may still be
+        #: sending it, and a plain close would reset the connection under the answer.
+        self._close_early = close_early
+        self._closes_early = False
         self._head: bytes | None = None
         self._head_written = False
 
@@ -122,6 +129,7 @@ class OneWriteTransport:
                 # body would be read as the next request, so the connection ends with this
                 # answer, and says so (RFC 9110 10.1.1).
                 cycle.keep_alive = False
+                self._closes_early = True
                 self._head = self._head[:-2] + b"connection: close\r\n\r\n"
             return
         head = self._head
@@ -137,7 +145,10 @@ class OneWriteTransport:
         if self._head is not None:
             self._transport.write(self._head)
             self._head = None
-        self._transport.close()
+        if self._closes_early:
+            self._close_early()
+        else:
+            self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -161,7 +172,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes_parsed = 0
         self._header_count = 0
         self._refused = False
-        self._began_in_read = False
+        self._body_bytes_in_read = 0
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -184,7 +195,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unset_keepalive_if_required()
-        self._began_in_read = False
+        self._body_bytes_in_read = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -204,12 +215,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self._reading_head and not self._began_in_read:
-            # The head is still incomplete, so all of this is head: httptools holds partial
-            # header lines in its own buffer, which only this count sees grow. (A read in which
-            # the head began may hold the end of the previous body: its complete header lines
-            # are counted as parsed, its tail with the next read.)
-            self._head_bytes += len(data)
+        if self._reading_head:
+            # The head is still incomplete, so this read is head, but for the end of a previous
+            # body it may hold: httptools keeps partial header lines in its own buffer, which
+            # only this count sees grow. (Heads of earlier requests in the same read count too:
+            # an overcount of a few hundred bytes each.)
+            self._head_bytes += len(data) - self._body_bytes_in_read
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(self._head_too_large())
 
@@ -218,7 +229,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
-        self._began_in_read = True
         self._head_bytes = 0
         self._head_bytes_parsed = 0
         self._header_count = 0
@@ -250,7 +260,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         # A new cycle (not an upgrade), whose task has not run yet: it writes through the wrapper.
         if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
-            cycle.transport = OneWriteTransport(self.transport, cycle)  # type: ignore[assignment]
+            cycle.transport = OneWriteTransport(self.transport, cycle, self._close_lingering)  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes_in_read += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -323,6 +337,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         owed = self.pipeline[0][0] if self.pipeline else self.cycle
         if owed is None or owed.response_complete:
             return False
+        if owed is self.cycle and owed.more_body:
+            return False  # the error is in this request's own body: it is the one answered
         owed.keep_alive = False
         self.flow.pause_reading()
         return True
@@ -340,8 +356,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers if name != b"connection")
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + response.body)
-        # Closing with unread bytes in the socket makes the kernel send a reset, which can destroy
-        # the answer before the client reads it: half-close, discard what still comes, close soon.
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close a connection whose peer may still be sending (a refusal, an answer given before
+        the body arrived). Closing with unread bytes in the socket makes the kernel send a reset,
+        which can destroy the answer before the client reads it: half-close, discard what still
+        comes, close soon."""
+        self._refused = True
+        self._disarm()
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self._deadline = self.loop.call_later(_LINGER_S, self.transport.close)

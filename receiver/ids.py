@@ -68,6 +68,8 @@ def _restore_case(id15: str, suffix: str) -> str | None:
     letters = [char for char in id15 if char.isalpha()]
     if not (all(char.isupper() for char in letters) or all(char.islower() for char in letters)):
         return None
+    if any(char not in _SUFFIX for char in suffix):  # 6 to 9 are no checksum letters
+        return None
     chars = []
     for position, char in enumerate(id15):
         upper = _SUFFIX.index(suffix[position // 5]) >> (position % 5) & 1

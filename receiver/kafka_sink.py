@@ -107,9 +107,9 @@ class KafkaSink:
             timeout_s=settings.publish_timeout_s,
         )
         self._timeout_s = settings.publish_timeout_s
-        #: Values past this are measured as aiokafka does; far below it, key, headers and
-        #: the batch overhead (a few KiB at most) cannot take a record over the bound.
-        self._large_value_bytes = settings.kafka_max_request_bytes - 16 * 1024
+        #: Records past this are measured as aiokafka does; below it, the headers (bounded,
+        #: about 1 KiB at most) and the batch's own overhead cannot take a record over the bound.
+        self._large_record_bytes = settings.kafka_max_request_bytes - 16 * 1024
         self._producer: AIOKafkaProducer | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._last_fault = 0.0
@@ -216,7 +216,9 @@ class KafkaSink:
             value = orjson.dumps(event.data)
             key = event.key.encode()
             headers = event.kafka_headers()
-            if len(value) > self._large_value_bytes:
+            # Header values are bounded where they are parsed (ids, names, EventUuid and
+            # transactionKey at most MAX_ID_LENGTH): only the value and the key can be large.
+            if len(value) + len(key) > self._large_record_bytes:
                 self._check_size(key, value, headers)
             records.append((self.router(event), value, key, headers))
         try:

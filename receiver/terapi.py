@@ -26,6 +26,7 @@ from receiver.settings import Settings
 from receiver.terapi_client import TerapiClient, TerapiError, TerapiUnauthorized
 from receiver.terapi_index import (
     NO_ORG_ID,
+    REFRESH_EXHAUSTED,
     SKIP_REASONS,
     TRANSIENT_REASONS,
     Entry,
@@ -269,7 +270,10 @@ class TerapiConnectionSource:
             raise
         except TerapiError as exc:
             logger.warning("terapi connection skipped: %s", exc.detail, extra={**context, "skip_reason": exc.reason})
-            if exc.reason in TRANSIENT_REASONS and old is not None and old.org_id is not None:
+            # A connection whose tokens terapi can no longer refresh (424) still belongs to the
+            # org it did: the hourly re-read must not drop it from the index for that.
+            keeps_org = exc.reason in TRANSIENT_REASONS or exc.reason == REFRESH_EXHAUSTED
+            if keeps_org and old is not None and old.org_id is not None:
                 return replace(old, listed=item, current=False)
             return Entry(item, None, skipped=exc.reason, current=False)
         org_id = org_id_of(details)

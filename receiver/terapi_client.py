@@ -255,11 +255,18 @@ class TerapiClient:
                 raise
             try:
                 body = await self._get_json("/connection", params)
-            except TerapiError:
-                raise exc from None
+            except TerapiError as older:
+                if older.status_code == 404:
+                    raise exc from None
+                # The path exists (it refused the query, say): the caller's own handling follows.
+                self._use_older_paths()
+                raise
+        self._use_older_paths()
+        return body
+
+    def _use_older_paths(self) -> None:
         self._collection = "/connection"
         logger.warning("terapi has no /connections (404) but serves /connection: using the older paths")
-        return body
 
     async def _unpaged_list(self, integration_filter: str) -> list[dict[str, Any]]:
         return self._listed_entries(await self._get_json(self._collection, {"integrationId": integration_filter}))[1]

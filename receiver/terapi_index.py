@@ -36,9 +36,11 @@ logger = logging.getLogger("receiver.terapi")
 #: Read failures after which the connection's last known org stays indexed: terapi hiccupped,
 #: the connection did not change owner. A 404 or 424 drops the connection instead.
 TRANSIENT_REASONS: Final = ("terapi_unavailable", "terapi_bad_response", "terapi_rejected")
+#: terapi can no longer refresh the connection's tokens (424).
+REFRESH_EXHAUSTED: Final = "terapi_refresh_exhausted"
 NO_ORG_ID: Final = "no_org_id"
 #: Every reason a listed connection can be left out of the index, for the skipped gauge.
-SKIP_REASONS: Final = ("terapi_not_found", "terapi_refresh_exhausted", *TRANSIENT_REASONS, NO_ORG_ID)
+SKIP_REASONS: Final = ("terapi_not_found", REFRESH_EXHAUSTED, *TRANSIENT_REASONS, NO_ORG_ID)
 # Salesforce's identity URL: https://login.salesforce.com/id/<org id>/<user id>
 _IDENTITY_PATH = re.compile(r"/id/(?P<org>[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)/[A-Za-z0-9]{15,18}/?")
 _OLDEST = datetime.min.replace(tzinfo=UTC)

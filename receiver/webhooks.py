@@ -259,7 +259,8 @@ class WebhookEndpoints:
         keys = self._event_keys_by_integration.get(integration, []) + self._event_keys
         if not self._event_keys_by_org:
             return keys
-        named = header_org if header_org is not None else _body_org(body)
+        # A blank header names no org, as for the message itself (``callbacks.message_org_id``).
+        named = header_org if header_org is not None and header_org.strip() else _body_org(body)
         try:
             org_id = normalize_org_id(named) if named is not None else None
         except InvalidMessage:
@@ -289,16 +290,27 @@ class WebhookEndpoints:
 
 
 def _body_org(body: bytes) -> str | None:
-    """The top-level ``organizationId`` of a JSON event message, a wrapper, or a list of messages
-    that all name the same org; None otherwise (the signature check then decides)."""
+    """The one org a JSON event body names: the top-level ``organizationId`` of its message, of
+    its list of messages or of its ``{"events": [...]}`` wrapper and the messages in it; None
+    when it names none, several, or not as text (the signature check then decides)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    items = document if isinstance(document, list) else [document]
-    named = {item.get("organizationId") for item in items if isinstance(item, dict)}
-    org = named.pop() if len(named) == 1 else None
-    return org if isinstance(org, str) else None
+    items: list[object] = document if isinstance(document, list) else [document]
+    if isinstance(document, dict) and isinstance(document.get("events"), list):
+        items = [document, *document["events"]]
+    named: set[str] = set()
+    for item in items:
+        org = item.get("organizationId") if isinstance(item, dict) else None
+        if org is not None and not isinstance(org, str):
+            return None
+        if org:
+            try:
+                named.add(normalize_org_id(org))
+            except InvalidMessage:
+                return None
+    return named.pop() if len(named) == 1 else None
 
 
 def _origin(request: Request) -> Origin:

@@ -235,6 +235,19 @@ def test_change_event_header_violations_are_invalid(header: dict[str, Any]) -> N
     assert reason_of_parsing(dumps(cdc_payload(**header))) == "invalid_event"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        dumps(platform_message(EventUuid="u" * 600_000)),
+        dumps(cdc_payload(transactionKey="t" * 600_000)),
+    ],
+    ids=["event-uuid", "transaction-key"],
+)
+def test_an_event_id_longer_than_any_salesforce_sends_is_refused(body: bytes) -> None:
+    """EventUuid and transactionKey become ce_id, a Kafka header the size check does not measure."""
+    assert reason_of_parsing(body) == "invalid_event"
+
+
 def test_record_id_that_is_not_a_salesforce_id_is_refused() -> None:
     """Record ids become partition keys, so a malformed one is refused."""
     assert reason_of_parsing(dumps(cdc_payload(recordIds=["not-an-id"]))) == "invalid_id"

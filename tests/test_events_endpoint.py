@@ -155,6 +155,33 @@ async def test_per_org_secret_under_a_15_character_id_for_an_org_named_in_the_bo
     assert [event["source"] for event in written(settings)] == [f"/salesforce/orgs/{ORG}"]
 
 
+async def test_the_org_for_a_per_org_secret_is_read_as_the_message_reads_it(event_settings: SettingsFactory) -> None:
+    """The org of a wrapper's messages, and a blank X-Salesforce-Org-Id (no org), select the org's
+    secret as they select the org; an organizationId that is not text is a 401, not a 500."""
+    settings = event_settings(event_secrets="", event_secrets_by_org={ORG: [ROTATED_SECRET]})
+
+    def message() -> dict[str, Any]:
+        return {**platform_message(EventUuid=str(uuid.uuid4()), replayId="3"), "organizationId": ORG}
+
+    wrapped = dumps({"events": [message()]})
+    blank_header = dumps(message())
+    not_text = dumps({**message(), "organizationId": [ORG]})
+    async with live_receiver(settings) as client:
+        answers = [
+            await client.post(
+                EVENTS_PATH, content=wrapped, headers=signed_headers(wrapped, secret=ROTATED_SECRET, org=None)
+            ),
+            await client.post(
+                EVENTS_PATH, content=blank_header, headers=signed_headers(blank_header, secret=ROTATED_SECRET, org="")
+            ),
+            await client.post(
+                EVENTS_PATH, content=not_text, headers=signed_headers(not_text, secret=ROTATED_SECRET, org=None)
+            ),
+        ]
+    assert [answer.status_code for answer in answers[:2]] == [200, 200], [answer.text for answer in answers]
+    assert_problem(answers[2], 401, "bad_signature")
+
+
 async def test_per_integration_secret(event_settings: SettingsFactory, tmp_path: Path) -> None:
     """A secret configured for salesforce-sandbox verifies that integration's requests only."""
     org_map = tmp_path / "orgs.toml"

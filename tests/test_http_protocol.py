@@ -238,6 +238,48 @@ async def test_an_unsupported_upgrade_with_a_body_is_refused_not_served_without_
     assert (settings.data_dir / "quarantine.jsonl").read_bytes() == b""
 
 
+async def test_a_head_over_the_bound_in_the_first_read_is_431_at_once(make_settings: SettingsFactory) -> None:
+    """60,000 bytes of one header line in a single read: refused on arrival, not held until the
+    head deadline (the read in which a head begins counts, less the body bytes it holds)."""
+    async with served(make_settings(max_header_bytes=4096)) as address, connection(address) as (reader, writer):
+        writer.write(b"POST /webhooks/salesforce/events HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000)
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout=2)
+    assert status.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_malformed_body_of_the_request_being_read_is_400_at_once(make_settings: SettingsFactory) -> None:
+    """A bad chunk size in the body still being read is that request's own 400, not a wait for a
+    body that never comes (ending in a 408)."""
+    async with served(make_settings()) as address, connection(address) as (reader, writer):
+        chunked = f"POST {OM_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n"
+        writer.write(chunked.encode() + b"\r\nZZ-not-a-chunk-size\r\n")
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout=2)
+    assert status.startswith(b"HTTP/1.1 400 ")
+
+
+def test_an_early_answer_reaches_a_client_still_sending_its_body(make_settings: SettingsFactory) -> None:
+    """413 on a declared 6 MB while the client sends it all before reading: the answer arrives
+    (half-close, the rest discarded), not a connection reset under it."""
+
+    async def scenario() -> list[bytes]:
+        async with served(make_settings()) as address:
+            return [await asyncio.to_thread(_send_all_then_read, address, 6_000_000) for _ in range(5)]
+
+    assert [answer[:13] for answer in asyncio.run(scenario())] == [b"HTTP/1.1 413 "] * 5
+
+
+def _send_all_then_read(address: tuple[str, int], size: int) -> bytes:
+    import socket
+
+    with socket.create_connection(address, timeout=10) as sock:
+        head = f"POST {OM_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: {size}\r\n\r\n"
+        try:
+            sock.sendall(head.encode() + b" " * size)
+            return sock.recv(200)
+        except OSError as exc:
+            return repr(exc).encode()
+
+
 async def test_a_body_slower_than_the_request_timeout_is_408(make_settings: SettingsFactory) -> None:
     """A body trickled past request_timeout_s is answered 408 without waiting for its end."""
     async with served(make_settings(**QUICK)) as address, connection(address) as (reader, writer):

@@ -52,6 +52,7 @@ def test_a_case_folded_18_character_id_gets_its_case_back(folded: str) -> None:
         "00D5g000004Xz1AEAT",  # a typo in the suffix
         "00D5G000004XZ1AEAT",  # folded, and the suffix makes a digit upper case
         "00D5g000004xz1AEAS",  # mixed case that is not the suffix's
+        "00D5G000004XZ1A999",  # folded, and a suffix of digits no checksum has (6 to 9)
     ],
 )
 def test_an_18_character_id_whose_suffix_is_not_its_own_is_refused(wrong: str) -> None:

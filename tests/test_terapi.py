@@ -317,6 +317,18 @@ async def test_a_connection_reauthorized_against_another_org_moves_without_a_lis
         assert len(standin.read_calls()) <= reads + 1, "unchanged and recently read: listed, not read"
 
 
+async def test_a_reread_refused_with_424_keeps_the_org(standin: TerapiStandin) -> None:
+    """terapi can no longer refresh a connection's tokens (424): the hourly re-read keeps the org
+    it had, rather than leave its events to 403 and quarantine."""
+    standin.add_connection("acme", org_id=org(1))
+    async with started_source(standin, terapi_refresh_interval_s=0.1, terapi_reread_interval_s=0.2) as (source, _):
+        assert await source.resolve(org18(1), "salesforce") == Connection("acme", "salesforce")
+        standin.connections[("salesforce", "acme")].fail_with = 424
+        reads = len(standin.read_calls())
+        await eventually(lambda: len(standin.read_calls()) >= reads + 2)
+        assert await source.resolve(org18(1), "salesforce") == Connection("acme", "salesforce")
+
+
 async def test_deleted_connection_leaves_the_index(standin: TerapiStandin) -> None:
     """A connection no longer listed stops resolving after the next refresh."""
     standin.add_connection("gone", org_id=PROD_ORG)
@@ -349,6 +361,15 @@ async def test_conflict_with_equal_creation_times_is_broken_by_connection_id(sta
     standin.add_connection("c-conn", org_id=PROD_ORG, created=same_time)
     async with started_source(standin) as (source, _):
         assert await source.resolve(PROD_ORG_18, "salesforce") == Connection("c-conn", "salesforce")
+
+
+async def test_an_older_server_that_also_refuses_paging_is_listed_in_one_call() -> None:
+    """/connections is a 404 and /connection refuses limit and page (400): the older path is
+    kept and listed without paging (the 404 was raised, and the receiver never became ready)."""
+    async with run_standin(modern_paths=False, paging=False) as standin:
+        standin.add_connection("acme-prod", org_id=PROD_ORG)
+        async with started_source(standin) as (source, _):
+            assert await source.resolve(PROD_ORG_18, "salesforce") == Connection("acme-prod", "salesforce")
 
 
 async def test_legacy_paths_setting_talks_to_older_servers() -> None:
