@@ -82,8 +82,15 @@ class CoalescedCalls(Generic[Answer]):
             self._sender = asyncio.create_task(self._send_waiting(), name="coalesced-calls")
             # Also when it is cancelled before its first step, where its own finally never runs.
             self._sender.add_done_callback(self._sender_done)
-        async with asyncio.timeout(self._deadline_s):
-            return await answer
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await answer
+        except BaseException:
+            # Answered in the very turn the caller gave up (its deadline, a cancellation): the
+            # answer was set, so the round trip did not hand it to ``unheard``; this does.
+            if self._unheard is not None and answer.done() and not answer.cancelled() and answer.exception() is None:
+                self._unheard(keys, answer.result())
+            raise
 
     async def wait_idle(self) -> None:
         """Return once nothing is waiting or in flight (for ``stop``); never raises the sender's end."""

@@ -124,13 +124,15 @@ class OneWriteTransport:
             self._head_written = True
             self._head = bytes(data)
             cycle = self._cycle
-            if cycle.more_body and cycle.keep_alive:
+            if cycle.more_body:
                 # Answered before its body arrived (an early 413, 401, 408): the rest of that
                 # body would be read as the next request, so the connection ends with this
-                # answer, and says so (RFC 9110 10.1.1).
-                cycle.keep_alive = False
+                # answer, and says so (RFC 9110 10.1.1); uvicorn said it already for a
+                # connection that was to close anyway.
                 self._closes_early = True
-                self._head = self._head[:-2] + b"connection: close\r\n\r\n"
+                if cycle.keep_alive:
+                    cycle.keep_alive = False
+                    self._head = self._head[:-2] + b"connection: close\r\n\r\n"
             return
         head = self._head
         if head is not None:
@@ -140,6 +142,10 @@ class OneWriteTransport:
             else:
                 self._transport.write(head)
         self._transport.write(data)
+
+    def linger_on_close(self) -> None:
+        """Close as after an early answer: the peer may be sending what will not be read."""
+        self._closes_early = True
 
     def close(self) -> None:
         if self._head is not None:
@@ -173,6 +179,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._refused = False
         self._body_bytes_in_read = 0
+        self._head_bytes_done_in_read = 0
+        self._before: RequestResponseCycle | None = None
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -196,6 +204,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         self._body_bytes_in_read = 0
+        self._head_bytes_done_in_read = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -209,18 +218,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.warning(_INVALID_REQUEST)
             self.send_400_response(_INVALID_REQUEST)
             return
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+                return
+            # An Upgrade not spoken (h2c on a GET) is ignored, as RFC 9110 7.8 allows: httptools
+            # stopped at the end of that request; what follows is the next one, parsed as such.
+            rest = data[upgrade.args[0] :] if upgrade.args and isinstance(upgrade.args[0], int) else b""
+            if rest:
+                self.data_received(rest)
             return
         if self._reading_head:
-            # The head is still incomplete, so this read is head, but for the end of a previous
-            # body it may hold: httptools keeps partial header lines in its own buffer, which
-            # only this count sees grow. (Heads of earlier requests in the same read count too:
-            # an overcount of a few hundred bytes each.)
-            self._head_bytes += len(data) - self._body_bytes_in_read
+            # The head is still incomplete, so this read is head, but for what it holds of
+            # earlier requests (the end of a body, whole heads): httptools keeps partial header
+            # lines in its own buffer, which only this count sees grow.
+            self._head_bytes += max(0, len(data) - self._body_bytes_in_read - self._head_bytes_done_in_read)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(self._head_too_large())
 
@@ -248,6 +260,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._head_bytes_done_in_read += self._head_bytes_parsed
         self._disarm()
         if self.parser.should_upgrade() and not self._should_upgrade() and self._declares_body():
             # httptools takes what follows the head as the new protocol's bytes, so the request
@@ -258,6 +271,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
+        if cycle is not previous:
+            #: The request before the newest: the one owed an answer should the newest fail.
+            self._before = previous
         # A new cycle (not an upgrade), whose task has not run yet: it writes through the wrapper.
         if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
             cycle.transport = OneWriteTransport(self.transport, cycle, self._close_lingering)  # type: ignore[assignment]
@@ -286,7 +302,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _declares_body(self) -> bool:
         for name, value in self.headers:
-            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip().strip(b"0")):
                 return True
         return False
 
@@ -334,12 +350,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         read as that answer: the connection reads nothing more and closes after the answers
         it owes, the refused request getting none (its sender sees the connection close).
         """
-        owed = self.pipeline[0][0] if self.pipeline else self.cycle
+        owed: RequestResponseCycle | None = self.cycle
+        if owed is not None and owed.more_body and not self._reading_head:
+            # The error is in the body of the newest request.
+            if not self.pipeline or self.pipeline[0][0] is not owed:
+                return False  # it is the one being answered: its own 400, now
+            self.pipeline.popleft()  # queued: it never runs; the one before it is owed
+            owed = self.pipeline[0][0] if self.pipeline else self._before
         if owed is None or owed.response_complete:
             return False
-        if owed is self.cycle and owed.more_body:
-            return False  # the error is in this request's own body: it is the one answered
         owed.keep_alive = False
+        if isinstance(owed.transport, OneWriteTransport):
+            owed.transport.linger_on_close()  # the peer may still be sending
         self.flow.pause_reading()
         return True
 

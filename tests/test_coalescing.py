@@ -7,6 +7,7 @@ key with its own text; ``tests/test_dedupe.py`` runs the same joining against th
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -192,6 +193,31 @@ async def test_a_call_given_up_while_queued_is_never_sent() -> None:
     assert await later == ["answer later"]
     await calls.wait_idle()
     assert operation.round_trips == [["first"], ["later"]]
+
+
+async def test_an_answer_set_as_the_caller_gives_up_still_reaches_unheard() -> None:
+    """The round trip answers in the loop turn where the caller's deadline fires: the caller gets
+    TimeoutError, and ``unheard`` is told (a claim nobody uses would hold the event's resends)."""
+    loop = asyncio.get_running_loop()
+    told: list[tuple[list[str], list[str]]] = []
+    answered = asyncio.Event()
+
+    async def operation(keys: list[str]) -> list[str]:
+        await answered.wait()
+        return ["NEW"] * len(keys)
+
+    calls = CoalescedCalls(
+        operation, max_keys=10, deadline_s=0.5, unheard=lambda keys, answers: told.append((list(keys), list(answers)))
+    )
+
+    def answer_then_block() -> None:
+        answered.set()
+        time.sleep(0.05)  # the loop is busy past the caller's deadline before the answer is read
+
+    loop.call_at(loop.time() + 0.49, answer_then_block)
+    with pytest.raises(TimeoutError):
+        await calls.call(["k"])
+    assert told == [(["k"], ["NEW"])]
 
 
 async def test_a_sender_cancelled_mid_trip_interrupts_its_calls_without_cancelling_them() -> None:
