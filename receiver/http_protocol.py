@@ -180,6 +180,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         self._body_bytes_in_read = 0
         self._head_bytes_done_in_read = 0
+        self._head_began_in_read = False
         self._before: RequestResponseCycle | None = None
 
     # -- the connection ---------------------------------------------------------------------
@@ -203,44 +204,66 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unset_keepalive_if_required()
-        self._body_bytes_in_read = 0
-        self._head_bytes_done_in_read = 0
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadRefused):
-                self._refuse(exc.__context__.error)
-            else:
+        while True:
+            self._body_bytes_in_read = 0
+            self._head_bytes_done_in_read = 0
+            self._head_began_in_read = False
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserCallbackError as exc:
+                if isinstance(exc.__context__, _HeadRefused):
+                    self._refuse(exc.__context__.error)
+                else:
+                    self.logger.warning(_INVALID_REQUEST)
+                    self.send_400_response(_INVALID_REQUEST)
+                return
+            except httptools.HttpParserError:
                 self.logger.warning(_INVALID_REQUEST)
                 self.send_400_response(_INVALID_REQUEST)
-            return
-        except httptools.HttpParserError:
-            self.logger.warning(_INVALID_REQUEST)
-            self.send_400_response(_INVALID_REQUEST)
-            return
-        except httptools.HttpParserUpgrade as upgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
                 return
-            # An Upgrade not spoken (h2c on a GET) is ignored, as RFC 9110 7.8 allows: httptools
-            # stopped at the end of that request; what follows is the next one, parsed as such.
-            rest = data[upgrade.args[0] :] if upgrade.args and isinstance(upgrade.args[0], int) else b""
-            if rest:
-                self.data_received(rest)
-            return
+            except httptools.HttpParserUpgrade as upgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                    return
+                # An Upgrade not spoken (h2c on a GET) is ignored, as RFC 9110 7.8 allows:
+                # httptools stopped at the end of that request; what follows is the next one.
+                offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
+                data = data[offset:]
+                if not data or self._refused:
+                    return
+                continue
+            break
+        self._bound_unparsed(data)
+
+    def _bound_unparsed(self, data: bytes) -> None:
+        """Bound what httptools holds unparsed after a read: a header line, a chunk-size line or a
+        trailer line without its end, which only the raw bytes show growing.
+
+        The read's bytes, less its body bytes and the heads completed in it, are that; where a
+        head began in this read, no more than what follows the read's last blank line either
+        (chunk framing of a body before it is neither head nor body).
+        """
+        unparsed = len(data) - self._body_bytes_in_read - self._head_bytes_done_in_read
+        if self._head_began_in_read:
+            blank_line = data.rfind(b"\r\n\r\n")
+            if blank_line != -1:
+                unparsed = min(unparsed, len(data) - blank_line - 4)
+        unparsed = max(0, unparsed)
+        limit = self.limits.max_header_bytes
         if self._reading_head:
-            # The head is still incomplete, so this read is head, but for what it holds of
-            # earlier requests (the end of a body, whole heads): httptools keeps partial header
-            # lines in its own buffer, which only this count sees grow.
-            self._head_bytes += max(0, len(data) - self._body_bytes_in_read - self._head_bytes_done_in_read)
-            if self._head_bytes > self.limits.max_header_bytes:
+            self._head_bytes += unparsed
+            if self._head_bytes > limit:
                 self._refuse(self._head_too_large())
+        elif self.cycle is not None and self.cycle.more_body and unparsed > max(limit, self._body_bytes_in_read):
+            # A chunked body whose framing outweighs it, or a trailer line that never ends.
+            self._refuse(HeadersTooLarge(f"chunk framing or trailers over {limit} bytes in one read"))
 
     # -- parser callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
+        self._head_began_in_read = True
         self._head_bytes = 0
         self._head_bytes_parsed = 0
         self._header_count = 0
@@ -260,14 +283,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
-        self._head_bytes_done_in_read += self._head_bytes_parsed
+        # What of this head arrived in this read (the rest was counted raw in earlier reads).
+        self._head_bytes_done_in_read += max(0, self._head_bytes_parsed - self._head_bytes)
+        # Trailers of a chunked body are counted afresh, as a head of their own.
+        self._head_bytes_parsed = 0
+        self._header_count = 0
         self._disarm()
-        if self.parser.should_upgrade() and not self._should_upgrade() and self._declares_body():
-            # httptools takes what follows the head as the new protocol's bytes, so the request
-            # would reach the app without its body (a 400 for an empty body, quarantined empty).
-            raise _HeadRefused(
-                InvalidMessage("an Upgrade this server does not speak, with a body", reason="unsupported_upgrade")
-            )
+        if self.parser.should_upgrade() and self._declares_body():
+            # httptools takes what follows the head as the new protocol's bytes: a request the
+            # app would see without its body (a 400, quarantined empty), or a WebSocket
+            # handshake that never answers.
+            raise _HeadRefused(InvalidMessage("an Upgrade with a body", reason="unsupported_upgrade"))
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle

@@ -317,6 +317,65 @@ async def test_an_ignored_upgrade_leaves_the_next_pipelined_request_its_answer(m
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", raw) == [b"200", b"200"]
 
 
+async def test_thousands_of_ignored_upgrades_in_one_read_are_all_answered(make_settings: SettingsFactory) -> None:
+    """3,000 pipelined GETs with Upgrade: h2c in one write: each answered (re-parsing the rest of
+    the read recursively ended in a RecursionError and a reset)."""
+    upgrade = head("Connection: Upgrade", "Upgrade: h2c")
+    async with served(make_settings()) as address, connection(address) as (reader, writer):
+        writer.write(upgrade * 3000 + head("Connection: close"))
+        raw = await answer(reader, timeout_s=30)
+    assert raw.count(b"HTTP/1.1 200 ") == 3001
+
+
+async def test_chunk_framing_before_the_next_head_is_not_counted_as_head(make_settings: SettingsFactory) -> None:
+    """A chunked OM in 1-byte chunks (about 5 bytes of framing a byte) and the start of the next
+    request in one write: both answered (the framing made a false 431)."""
+    body = outbound_message(1, start=71)
+    chunks = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
+    chunked = f"POST {OM_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n"
+    following = head("Connection: close")
+    settings = make_settings(max_header_bytes=4096)
+    async with served(settings) as address, connection(address) as (reader, writer):
+        writer.write(chunked.encode() + chunks + following[:10])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(following[10:])
+        raw = await answer(reader)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", raw) == [b"200", b"200"]
+
+
+async def test_trailers_are_bounded_like_a_head(make_settings: SettingsFactory) -> None:
+    """A trailer line that never ends is refused within a read or two (it grew unbounded,
+    quadratically, for the whole request timeout); a few trailers pass."""
+    chunked = f"POST {OM_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = outbound_message(1, start=72)
+    framed = chunked.encode() + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n"
+    async with served(make_settings(max_header_bytes=4096)) as address:
+        async with connection(address) as (reader, writer):
+            writer.write(framed + b"X-Trailer: " + b"t" * 100_000)
+            refused = await answer(reader)
+        async with connection(address) as (reader, writer):
+            writer.write(framed + b"X-Trailer: 1\r\nX-Other: 2\r\n\r\n" + head("Connection: close"))
+            served_twice = await answer(reader)
+    assert refused.startswith(b"HTTP/1.1 431 ")
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", served_twice) == [b"200", b"200"]
+
+
+async def test_a_websocket_upgrade_with_a_body_is_refused(make_settings: SettingsFactory) -> None:
+    """The WebSocket handshake never answered a request with a body: the connection hung open."""
+    websocket = head(
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "Content-Length: 5",
+    )
+    async with served(make_settings()) as address, connection(address) as (reader, writer):
+        writer.write(websocket + b"hello")
+        raw = await answer(reader)
+    assert raw.startswith(b"HTTP/1.1 400 ") and problem_of(raw)["reason"] == "unsupported_upgrade"
+
+
 async def test_a_body_slower_than_the_request_timeout_is_408(make_settings: SettingsFactory) -> None:
     """A body trickled past request_timeout_s is answered 408 without waiting for its end."""
     async with served(make_settings(**QUICK)) as address, connection(address) as (reader, writer):
