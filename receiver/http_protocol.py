@@ -243,18 +243,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head began in this read, no more than what follows the read's last blank line either
         (chunk framing of a body before it is neither head nor body).
         """
+        reading_head = self._reading_head
+        cycle = self.cycle
+        if not reading_head and (cycle is None or not cycle.more_body):
+            return  # the read ended with a whole request: nothing is held unparsed
         unparsed = len(data) - self._body_bytes_in_read - self._head_bytes_done_in_read
-        if self._head_began_in_read:
+        if reading_head and self._head_began_in_read and unparsed > 0:
             blank_line = data.rfind(b"\r\n\r\n")
             if blank_line != -1:
                 unparsed = min(unparsed, len(data) - blank_line - 4)
         unparsed = max(0, unparsed)
         limit = self.limits.max_header_bytes
-        if self._reading_head:
+        if reading_head:
             self._head_bytes += unparsed
             if self._head_bytes > limit:
                 self._refuse(self._head_too_large())
-        elif self.cycle is not None and self.cycle.more_body and unparsed > max(limit, self._body_bytes_in_read):
+        elif unparsed > max(limit, self._body_bytes_in_read):
             # A chunked body whose framing outweighs it, or a trailer line that never ends.
             self._refuse(HeadersTooLarge(f"chunk framing or trailers over {limit} bytes in one read"))
 
