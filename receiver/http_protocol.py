@@ -94,6 +94,10 @@ class _HeadRefused(Exception):
         self.error = error
 
 
+def _closed() -> None:
+    return None
+
+
 class OneWriteTransport:
     """The transport as one request's cycle sees it: the first write (the response head) is held
     and leaves with the next one (the body, or its first chunk), in a single ``send``.
@@ -155,6 +159,10 @@ class OneWriteTransport:
             self._close_early()
         else:
             self._transport.close()
+        # The protocol's method and the cycle are not needed past here: the reference cycle
+        # through them would keep a closed connection's parser and buffers for the collector.
+        self._close_early = _closed
+        self._cycle = None  # type: ignore[assignment]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
