@@ -42,7 +42,7 @@ from uvicorn.server import ServerState
 from receiver.errors import ClientError, HeadersTooLarge, InvalidMessage, RequestTimeout
 from receiver.limits import BODY_COMPLETE
 from receiver.metrics import METRICS_STATE_KEY, Metrics
-from receiver.responses import problem
+from receiver.responses import problem, soap_fault
 from receiver.settings import Settings
 
 logger = logging.getLogger("receiver.http")
@@ -54,6 +54,7 @@ _REQUEST_LINE_OVERHEAD: Final = 16
 _HEADER_LINE_OVERHEAD: Final = 4
 #: How long a refused connection is still read (and discarded) after its answer.
 _LINGER_S: Final = 2.0
+_OUTBOUND_SUFFIX: Final = b"/outbound-messages"
 #: Written by uvicorn as a request's body is first awaited; the client waits for it, so it is not held.
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: A body this large is written after its head rather than copied behind it.
@@ -411,7 +412,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._count_refusal(error.reason)
         if self._answer_later():
             return
-        response = problem(error)
+        # In the endpoint's error format when the request line said which: Salesforce's
+        # Outbound Messages get a SOAP Fault (DESIGN), everything else problem+json.
+        outbound = getattr(self, "url", b"").partition(b"?")[0].endswith(_OUTBOUND_SUFFIX)
+        response = soap_fault(error) if outbound else problem(error)
         head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n".encode()]
         head.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers if name != b"connection")
         head.append(b"connection: close\r\n\r\n")
