@@ -96,15 +96,7 @@ class HttpTarget:
         self.settings = settings
         self.timeout_s = timeout_s
         self.attempts = attempts
-        self._event_keys = [signatures.parse_webhook_secret(s.get_secret_value()) for s in settings.event_secrets]
-        self._event_keys_by_org = {
-            org: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
-            for org, secrets in settings.event_secrets_by_org.items()
-        }
-        self._event_keys_by_integration = {
-            integration: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
-            for integration, secrets in settings.event_secrets_by_integration.items()
-        }
+        self._event_keys = settings.webhook_keys()
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -148,8 +140,9 @@ class HttpTarget:
 
     def _keys_for(self, organization_id: str | None, integration: str) -> list[bytes]:
         # The first key of each kind that applies: whichever the receiver holds verifies.
-        own = self._event_keys_by_org.get(organization_id or "", [])[:1]
-        return own + self._event_keys_by_integration.get(integration, [])[:1] + self._event_keys[:1]
+        known = self._event_keys
+        own = known.by_org.get(organization_id or "", [])[:1]
+        return own + known.by_integration.get(integration, [])[:1] + known.shared[:1]
 
     def describe(self, item: ReplayItem) -> dict[str, Any]:
         """The request a dry run would send, without secrets: the token and signatures are named only."""

@@ -22,7 +22,7 @@ from receiver.access import parse_networks
 from receiver.errors import ConfigurationError, InvalidMessage
 from receiver.ids import normalize_org_id
 from receiver.routing import Routes, describe_route_error
-from receiver.signatures import parse_webhook_secret
+from receiver.signatures import WebhookKeys, parse_webhook_secret
 
 ENV_PREFIX = "RECEIVER_"
 #: Salesforce waits 60 s for an answer; the publish bound must stay well below it.
@@ -247,6 +247,10 @@ class Settings(BaseSettings):
                 "RECEIVER_KAFKA_SASL_MECHANISM, RECEIVER_KAFKA_SASL_USERNAME and RECEIVER_KAFKA_SASL_PASSWORD"
             )
         return self
+
+    def webhook_keys(self) -> WebhookKeys:
+        """The HMAC keys of ``event_secrets``, ``event_secrets_by_org`` and ``..._by_integration``."""
+        return WebhookKeys.parse(self.event_secrets, self.event_secrets_by_org, self.event_secrets_by_integration)
 
     @property
     def uses_kafka(self) -> bool:

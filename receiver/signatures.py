@@ -13,8 +13,11 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
+
+from pydantic import SecretStr
 
 from receiver.errors import ConfigurationError, Unauthenticated
 
@@ -29,6 +32,34 @@ WEBHOOK_SIGNATURE_HEADER: Final = "webhook-signature"
 TERAPI_SIGNATURE_HEADER: Final = "x-terapi-hmac-sha256"
 #: terapi is built on Nango and some deployments still send the upstream header name.
 NANGO_SIGNATURE_HEADER: Final = "x-nango-hmac-sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookKeys:
+    """The HMAC keys of the configured ``whsec_`` secrets: shared, per org (18-character ids),
+    per integration. Built once by the endpoints and by replay, which signs with them."""
+
+    shared: list[bytes]
+    by_org: dict[str, list[bytes]]
+    by_integration: dict[str, list[bytes]]
+
+    @classmethod
+    def parse(
+        cls,
+        shared: Iterable[SecretStr],
+        by_org: Mapping[str, Iterable[SecretStr]],
+        by_integration: Mapping[str, Iterable[SecretStr]],
+    ) -> WebhookKeys:
+        """Raises ``ConfigurationError`` for a secret that is not a usable ``whsec_`` one."""
+        return cls(
+            _keys(shared),
+            {org: _keys(secrets) for org, secrets in by_org.items()},
+            {integration: _keys(secrets) for integration, secrets in by_integration.items()},
+        )
+
+
+def _keys(secrets: Iterable[SecretStr]) -> list[bytes]:
+    return [parse_webhook_secret(secret.get_secret_value()) for secret in secrets]
 
 
 def parse_webhook_secret(secret: str) -> bytes:

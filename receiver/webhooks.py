@@ -62,15 +62,7 @@ class WebhookEndpoints:
         self.metrics = services.metrics
         self.processor = PayloadProcessor(services)
         self.org_slots = OrgSlots(self.settings.max_requests_in_flight_per_org)
-        self._event_keys = [signatures.parse_webhook_secret(s.get_secret_value()) for s in self.settings.event_secrets]
-        self._event_keys_by_org = {
-            org: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
-            for org, secrets in self.settings.event_secrets_by_org.items()
-        }
-        self._event_keys_by_integration = {
-            integration: [signatures.parse_webhook_secret(s.get_secret_value()) for s in secrets]
-            for integration, secrets in self.settings.event_secrets_by_integration.items()
-        }
+        self._event_keys = self.settings.webhook_keys()
         #: The handler of each integration endpoint's kind (``ENDPOINT_SEGMENTS``).
         self._handlers: dict[str, Handler] = {OUTBOUND: self.outbound_messages, EVENTS: self.events}
 
@@ -256,8 +248,9 @@ class WebhookEndpoints:
         signature is checked only when some org has secrets of its own: it picks a key, and an
         unsigned body gains nothing by naming an org).
         """
-        keys = self._event_keys_by_integration.get(integration, []) + self._event_keys
-        if not self._event_keys_by_org:
+        known = self._event_keys
+        keys = known.by_integration.get(integration, []) + known.shared
+        if not known.by_org:
             return keys
         # A blank header names no org, as for the message itself (``callbacks.message_org_id``).
         named = header_org if header_org is not None and header_org.strip() else _body_org(body)
@@ -265,7 +258,7 @@ class WebhookEndpoints:
             org_id = normalize_org_id(named) if named is not None else None
         except InvalidMessage:
             org_id = None
-        return self._event_keys_by_org.get(org_id, []) + keys if org_id is not None else keys
+        return known.by_org.get(org_id, []) + keys if org_id is not None else keys
 
     # -- Webhooks forwarded by terapi ---------------------------------------------------------
 
