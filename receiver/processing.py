@@ -126,7 +126,7 @@ class PayloadProcessor:
             if org_id is None and header_org is None and message.organization_id is None:
                 # A connection created after the last refresh, and nothing else names the org:
                 # like an unknown org, kept for replay once the index knows the connection.
-                await self._quarantine_unknown(UNKNOWN_CONNECTION, TERAPI, integration, None, origin=origin, body=body)
+                await self.quarantine(UNKNOWN_CONNECTION, TERAPI, integration, None, origin=origin, body=body)
                 raise UnknownOrg(
                     "the forwarding connection is not known (yet) and the payload names no org",
                     reason=UNKNOWN_CONNECTION,
@@ -148,12 +148,15 @@ class PayloadProcessor:
         connection = await self.services.connections.resolve(org_id, integration)
         if connection is not None:
             return connection
-        await self._quarantine_unknown("unknown_org", kind, integration, org_id, origin=origin, body=body)
+        await self.quarantine("unknown_org", kind, integration, org_id, origin=origin, body=body)
         raise UnknownOrg("no terapi connection of this integration is known for the org")
 
-    async def _quarantine_unknown(
+    async def quarantine(
         self, reason: str, kind: str, integration: str, org_id: str | None, *, origin: Origin | None, body: bytes
     ) -> None:
+        """Keep an authenticated payload that cannot be processed, with the reason (DESIGN's
+        request path): its sender gets a 4xx and will not resend it. Nothing without ``origin``
+        (replay, which reports the item instead)."""
         if origin is not None:
             await self.services.quarantine.put(
                 reason=reason,

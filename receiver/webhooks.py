@@ -161,21 +161,17 @@ class WebhookEndpoints:
             )
         )
 
-    async def _quarantine(
-        self, error: ReceiverError, request: Request, kind: str, integration: str, body: bytes
-    ) -> None:
-        """An authenticated payload that cannot be processed is kept with the reason (DESIGN's
-        request path): the sender gets its 4xx and will not resend it, so this is its copy.
-        Unknown orgs are quarantined where they are found (``PayloadProcessor.resolve``)."""
-        await self.services.quarantine.put(
-            reason=error.reason,
-            kind=kind,
-            integration=integration,
-            organization_id=None,
-            path=request.scope["path"],
-            headers=request.headers,
-            body=body,
-        )
+    async def _processed(
+        self, request: Request, kind: str, integration: str, body: bytes, processing: Awaitable[list[CloudEvent]]
+    ) -> list[CloudEvent]:
+        """The events ``processing`` makes of an authenticated payload; one it refuses (a 400, an
+        integration not served) is quarantined with the reason first. Unknown orgs are
+        quarantined where they are found (``PayloadProcessor.resolve``)."""
+        try:
+            return await processing
+        except (InvalidMessage, UnknownIntegration) as error:
+            await self.processor.quarantine(error.reason, kind, integration, None, origin=_origin(request), body=body)
+            raise
 
     async def _read_body(self, request: Request) -> bytes:
         """The body (``limits.read_body``), kept on the request for its recording."""
@@ -193,11 +189,8 @@ class WebhookEndpoints:
             check_content_type(request, XML_CONTENT_TYPES, what="a SOAP (text/xml) Outbound Message")
             self._authenticate_outbound(request)
             body = await self._read_body(request)
-            try:
-                events = await self.processor.outbound_message(integration, body, received_at, _origin(request))
-            except (InvalidMessage, UnknownIntegration) as error:
-                await self._quarantine(error, request, OUTBOUND, integration, body)
-                raise
+            processing = self.processor.outbound_message(integration, body, received_at, _origin(request))
+            events = await self._processed(request, OUTBOUND, integration, body, processing)
             await self._deliver(events)
             return responses.soap_ack()
 
@@ -230,11 +223,8 @@ class WebhookEndpoints:
                 self._keys_for(integration, header_org, body),
                 tolerance_s=self.settings.event_timestamp_tolerance_s,
             )
-            try:
-                events = await self.processor.events(integration, body, header_org, received_at, _origin(request))
-            except (InvalidMessage, UnknownIntegration) as error:
-                await self._quarantine(error, request, EVENTS, integration, body)
-                raise
+            processing = self.processor.events(integration, body, header_org, received_at, _origin(request))
+            events = await self._processed(request, EVENTS, integration, body, processing)
             delivery_id = webhook_delivery_id(integration, webhook_id)
             delivery = await self._deliver(events, delivery_id=delivery_id)
             return responses.accepted(delivery.accepted, delivery.duplicates)
@@ -271,11 +261,8 @@ class WebhookEndpoints:
                 raise Unauthenticated("RECEIVER_TERAPI_WEBHOOK_SECRET is not configured", reason="not_configured")
             signatures.verify_terapi_signature(request.headers, body, secret.get_secret_value())
             header_org = request.headers.get("x-salesforce-org-id")
-            try:
-                events = await self.processor.terapi_forward(body, header_org, received_at, _origin(request))
-            except (InvalidMessage, UnknownIntegration) as error:
-                await self._quarantine(error, request, TERAPI, "terapi", body)
-                raise
+            processing = self.processor.terapi_forward(body, header_org, received_at, _origin(request))
+            events = await self._processed(request, TERAPI, "terapi", body, processing)
             delivery = await self._deliver(events)
             return responses.accepted(delivery.accepted, delivery.duplicates)
 
