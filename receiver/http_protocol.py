@@ -310,12 +310,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not previous:
+        if cycle is not previous:  # a new request (an upgrade makes none)
             #: The request before the newest: the one owed an answer should the newest fail.
             self._before = previous
-        # A new cycle (not an upgrade), whose task has not run yet: it writes through the wrapper.
-        if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
-            cycle.transport = OneWriteTransport(self.transport, cycle, self._close_lingering)  # type: ignore[assignment]
+            # Its task has not run yet: it writes through the wrapper.
+            if cycle is not None and cycle.scope["method"] != "HEAD":
+                cycle.transport = OneWriteTransport(self.transport, cycle, self._close_lingering)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes_in_read += len(body)
