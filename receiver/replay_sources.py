@@ -103,15 +103,6 @@ async def items_from(
                         yield item
 
 
-def path_items(path: Path, defaults: PayloadDefaults) -> Iterator[SourceItem]:
-    """The items of a file, or of every payload file under a directory, as they are now."""
-    files = _payload_files(path)
-    with ExitStack() as open_files:
-        growing = _open_growing(files, open_files)
-        for file in files:
-            yield from file_items(file, defaults, growing)
-
-
 def _payload_files(path: Path) -> list[Path]:
     return _files_of(path) if path.is_dir() else [path]
 

@@ -394,9 +394,10 @@ async def test_unreadable_lines_stay_skipped_whatever_the_outcome_filter(
 
 
 def _sync_items(path: Path) -> list[Any]:
-    from receiver.replay_sources import path_items
+    async def collected() -> list[Any]:
+        return [item async for item in items_from([str(path)], Settings(), PayloadDefaults())]
 
-    return list(path_items(path, PayloadDefaults()))
+    return asyncio.run(collected())
 
 
 async def test_plain_payload_files_take_integration_and_org_from_flags(
